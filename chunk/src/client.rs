@@ -1,0 +1,223 @@
+//! Talking to a chunkserver: connect with the shared limits, and write or read whole chunks.
+//!
+//! The CLI (uploads and downloads), the controller (repair) and the chunkserver itself
+//! (ReplicateChunk) all use these helpers, so every client streams with the same frame size,
+//! message limits and HTTP/2 windows as the server.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use redcloud_proto::chunk::chunk_service_client::ChunkServiceClient;
+use redcloud_proto::chunk::write_chunk_request::Msg;
+use redcloud_proto::chunk::{ReadChunkRequest, WriteChunkRequest, WriteHeader};
+use redcloud_proto::{
+    CONNECTION_WINDOW, FRAME_SIZE, MAX_CHUNK_SIZE, MAX_MESSAGE_SIZE, STREAM_WINDOW,
+};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::id::ChunkId;
+
+/// How long to wait for a TCP connection to a chunkserver.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Deadline for one call's response: a whole upload of a chunk, or the first frame of a read.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A `ChunkService` client over one HTTP/2 connection.
+pub type ChunkClient = ChunkServiceClient<Channel>;
+
+/// HTTP/2 frame size both ends accept.
+pub const MAX_H2_FRAME: u32 = 1 << 20;
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The chunkserver could not be reached.
+    #[error("cannot reach chunkserver {addr}: {source}")]
+    Connect {
+        /// The address dialled.
+        addr: String,
+        /// What went wrong.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The chunkserver answered with an error status.
+    #[error("{:?}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    /// The chunkserver sent bytes that do not hash to the chunk id.
+    #[error("chunk {expected}: received bytes hash to {actual}")]
+    HashMismatch {
+        /// The chunk asked for.
+        expected: ChunkId,
+        /// The hash of what arrived.
+        actual: ChunkId,
+    },
+    /// The chunkserver broke the stream protocol (sizes that do not add up).
+    #[error("chunk {id}: {message}")]
+    Protocol {
+        /// The chunk being read.
+        id: ChunkId,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// An endpoint for `addr` (`host:port` or a URI) with the shared windows and timeouts.
+pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+    let uri = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(Endpoint::from_shared(uri)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_H2_FRAME))
+}
+
+/// Wraps a channel in a client with the shared message size limits.
+pub fn with_limits(channel: Channel) -> ChunkClient {
+    ChunkServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE)
+}
+
+/// Connects to the chunkserver at `addr` (`host:port` or a URI).
+pub async fn connect(addr: &str) -> Result<ChunkClient, ClientError> {
+    let connect_error = |source| ClientError::Connect {
+        addr: addr.to_owned(),
+        source,
+    };
+    let channel = endpoint(addr)
+        .map_err(connect_error)?
+        .connect()
+        .await
+        .map_err(connect_error)?;
+    Ok(with_limits(channel))
+}
+
+/// The request stream of a WriteChunk call: the header, then frames of at most `FRAME_SIZE`.
+pub fn write_requests(id: ChunkId, bytes: Bytes) -> impl Iterator<Item = WriteChunkRequest> {
+    let header = Msg::Header(WriteHeader {
+        id: Bytes::copy_from_slice(id.as_bytes()),
+        size: bytes.len() as u64,
+    });
+    let frames = (0..bytes.len())
+        .step_by(FRAME_SIZE)
+        .map(move |start| Msg::Data(bytes.slice(start..(start + FRAME_SIZE).min(bytes.len()))));
+    std::iter::once(header)
+        .chain(frames)
+        .map(|msg| WriteChunkRequest { msg: Some(msg) })
+}
+
+/// Writes one chunk; answers whether it was already stored.
+pub async fn write_chunk(
+    client: &mut ChunkClient,
+    id: ChunkId,
+    bytes: Bytes,
+) -> Result<bool, ClientError> {
+    let requests = tokio_stream::iter(write_requests(id, bytes));
+    let response = client.write_chunk(requests).await?;
+    Ok(response.into_inner().already_present)
+}
+
+/// Reads a whole chunk and checks that its bytes hash to `id`.
+pub async fn read_chunk(client: &mut ChunkClient, id: ChunkId) -> Result<Bytes, ClientError> {
+    let protocol = |message: String| ClientError::Protocol { id, message };
+    let request = ReadChunkRequest {
+        id: Bytes::copy_from_slice(id.as_bytes()),
+        offset: 0,
+        length: 0,
+    };
+    let mut frames = client.read_chunk(request).await?.into_inner();
+    let mut size = None;
+    let mut bytes = BytesMut::new();
+    while let Some(frame) = frames.message().await? {
+        let expected = match size {
+            Some(size) => size,
+            None => {
+                let declared = frame.chunk_size;
+                if declared > MAX_CHUNK_SIZE as u64 {
+                    return Err(protocol(format!(
+                        "declared size {declared} exceeds the limit"
+                    )));
+                }
+                // Bounded by MAX_CHUNK_SIZE just above.
+                bytes.reserve(declared as usize);
+                *size.insert(declared)
+            }
+        };
+        if (bytes.len() + frame.data.len()) as u64 > expected {
+            return Err(protocol(format!(
+                "server sent more than the {expected} bytes declared"
+            )));
+        }
+        bytes.extend_from_slice(&frame.data);
+    }
+    let expected = size.ok_or_else(|| protocol("server sent no frames".to_owned()))?;
+    if bytes.len() as u64 != expected {
+        let got = bytes.len();
+        return Err(protocol(format!(
+            "stream ended after {got} of {expected} bytes"
+        )));
+    }
+    let actual = ChunkId::of(&bytes);
+    if actual != id {
+        return Err(ClientError::HashMismatch {
+            expected: id,
+            actual,
+        });
+    }
+    Ok(bytes.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_requests_are_a_header_then_frames_that_add_up() {
+        let bytes = Bytes::from(vec![7u8; 2 * FRAME_SIZE + 5]);
+        let id = ChunkId::of(&bytes);
+        let requests: Vec<_> = write_requests(id, bytes.clone()).collect();
+        assert_eq!(requests.len(), 4);
+        let Some(Msg::Header(header)) = &requests[0].msg else {
+            panic!("first message is not a header")
+        };
+        assert_eq!(
+            (&header.id[..], header.size),
+            (&id.0[..], bytes.len() as u64)
+        );
+        let mut joined = Vec::new();
+        for request in &requests[1..] {
+            let Some(Msg::Data(data)) = &request.msg else {
+                panic!("data expected")
+            };
+            assert!(data.len() <= FRAME_SIZE);
+            joined.extend_from_slice(data);
+        }
+        assert_eq!(joined, bytes);
+    }
+
+    #[test]
+    fn an_empty_chunk_is_just_a_header() {
+        let requests: Vec<_> = write_requests(ChunkId::of(b""), Bytes::new()).collect();
+        assert_eq!(requests.len(), 1);
+    }
+
+    #[test]
+    fn endpoints_accept_host_port_and_uris() {
+        assert_eq!(
+            endpoint("127.0.0.1:7000").unwrap().uri().to_string(),
+            "http://127.0.0.1:7000/"
+        );
+        assert_eq!(
+            endpoint("http://cs1:7000").unwrap().uri().to_string(),
+            "http://cs1:7000/"
+        );
+        assert!(endpoint("not a uri").is_err());
+    }
+}

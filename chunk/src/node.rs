@@ -1,0 +1,252 @@
+//! A chunkserver's configuration and identity: the id kept in its data directory and the
+//! address it advertises.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+
+use crate::scrub::DEFAULT_SCRUB_RATE;
+
+/// Default address to listen on.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7200";
+/// Default failure zone.
+pub const DEFAULT_ZONE: &str = "default";
+/// File in the data directory holding the node id.
+pub const NODE_ID_FILE: &str = "node-id";
+/// Directory in the data directory holding the RocksDB store.
+pub const STORE_DIR: &str = "chunks";
+
+/// Who this chunkserver is, as reported by `Info`.
+#[derive(Debug, Clone)]
+pub struct NodeIdentity {
+    /// Stable node id (`cs-<host>-<hex>`).
+    pub id: String,
+    /// `host:port` where clients reach this server.
+    pub address: String,
+    /// Failure zone, for placement.
+    pub zone: String,
+}
+
+/// Everything a chunkserver needs to start. `new` gives defaults that work.
+#[derive(Debug, Clone)]
+pub struct ChunkserverConfig {
+    /// Where the node id and the chunk store live.
+    pub data_dir: PathBuf,
+    /// Address the caller binds the listener to (recorded for logs; `run` takes a listener).
+    pub listen: SocketAddr,
+    /// `host:port` that clients and controllers should dial; detected when `None`.
+    pub advertise: Option<String>,
+    /// Controllers to report to (`host:port`). Stored for the heartbeat; may be empty.
+    pub controllers: Vec<String>,
+    /// Failure zone, for placement.
+    pub zone: String,
+    /// Most chunk bytes to store; `None`: the free space of the data directory's filesystem.
+    pub capacity: Option<u64>,
+    /// Scrub hashing rate in bytes per second; 0 disables scrubbing.
+    pub scrub_rate: u64,
+    /// Node id; `None`: the one persisted in the data directory (created on first start).
+    pub id: Option<String>,
+}
+
+/// A configuration field that makes no sense.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid chunkserver config: {field}: {problem}")]
+pub struct ConfigError {
+    /// The offending field.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl ChunkserverConfig {
+    /// Defaults for a chunkserver keeping its data in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            advertise: None,
+            controllers: Vec::new(),
+            zone: DEFAULT_ZONE.to_owned(),
+            capacity: None,
+            scrub_rate: DEFAULT_SCRUB_RATE,
+            id: None,
+        }
+    }
+
+    /// Checks every field, naming the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, problem: &str| {
+            Err(ConfigError {
+                field,
+                problem: problem.to_owned(),
+            })
+        };
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir", "must not be empty");
+        }
+        if !is_token(&self.zone) {
+            return bad("zone", "must be non-empty letters, digits, '.', '_' or '-'");
+        }
+        if self.capacity == Some(0) {
+            return bad("capacity", "must be greater than 0");
+        }
+        if let Some(id) = &self.id
+            && !is_token(id)
+        {
+            return bad("id", "must be non-empty letters, digits, '.', '_' or '-'");
+        }
+        if let Some(advertise) = &self.advertise
+            && !is_host_port(advertise)
+        {
+            return bad("advertise", "must be host:port");
+        }
+        if let Some(c) = self.controllers.iter().find(|c| !is_host_port(c)) {
+            return Err(ConfigError {
+                field: "controllers",
+                problem: format!("{c:?} is not host:port"),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 128
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+fn is_host_port(text: &str) -> bool {
+    text.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+/// The node id stored in `data_dir`, created as `cs-<hostname>-<random hex>` on first use.
+pub fn load_or_create_node_id(data_dir: &Path) -> io::Result<String> {
+    let path = data_dir.join(NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if is_token(text.trim()) => return Ok(text.trim().to_owned()),
+        Ok(text) => {
+            let message = format!("{}: {:?} is not a node id", path.display(), text.trim());
+            return Err(io::Error::new(io::ErrorKind::InvalidData, message));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+    }
+    let id = format!("cs-{}-{:08x}", hostname(), rand::random::<u32>());
+    std::fs::create_dir_all(data_dir)?;
+    // Write then rename, so a crash never leaves a half-written id behind.
+    let temporary = data_dir.join(format!("{NODE_ID_FILE}.tmp"));
+    std::fs::write(&temporary, format!("{id}\n"))?;
+    std::fs::File::open(&temporary)?.sync_all()?;
+    std::fs::rename(&temporary, &path)?;
+    Ok(id)
+}
+
+/// This host's name reduced to id-safe characters, or "host" when unknown.
+fn hostname() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(48)
+        .collect();
+    if name.is_empty() {
+        "host".to_owned()
+    } else {
+        name
+    }
+}
+
+/// The address to advertise: the configured one, else the listener's, with an unspecified
+/// IP (0.0.0.0) replaced by the address the routing table would use to leave this host.
+pub fn advertised_address(configured: Option<&str>, local: SocketAddr) -> String {
+    if let Some(address) = configured {
+        return address.to_owned();
+    }
+    let ip = if local.ip().is_unspecified() {
+        routed_ip().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    } else {
+        local.ip()
+    };
+    SocketAddr::new(ip, local.port()).to_string()
+}
+
+/// The source IP of the default route: connecting a UDP socket sends nothing but makes the
+/// kernel pick the outgoing interface.
+fn routed_ip() -> Option<IpAddr> {
+    let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
+    // 192.0.2.1 is TEST-NET-1: never actually contacted.
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        ChunkserverConfig::new("/tmp/x").validate().unwrap();
+    }
+
+    #[test]
+    fn validation_names_the_bad_field() {
+        let base = ChunkserverConfig::new("/tmp/x");
+        type Spoil = fn(&mut ChunkserverConfig);
+        let cases: [(&str, Spoil); 6] = [
+            ("data_dir", |c| c.data_dir = PathBuf::new()),
+            ("zone", |c| c.zone = "eu west".into()),
+            ("capacity", |c| c.capacity = Some(0)),
+            ("id", |c| c.id = Some(String::new())),
+            ("advertise", |c| c.advertise = Some("nohost".into())),
+            ("controllers", |c| c.controllers = vec!["c1:99999".into()]),
+        ];
+        for (field, spoil) in cases {
+            let mut config = base.clone();
+            spoil(&mut config);
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.field, field);
+            assert!(err.to_string().contains(field));
+        }
+    }
+
+    #[test]
+    fn node_id_is_created_once_then_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_create_node_id(dir.path()).unwrap();
+        assert!(first.starts_with("cs-") && is_token(&first), "{first}");
+        assert_eq!(load_or_create_node_id(dir.path()).unwrap(), first);
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(load_or_create_node_id(other.path()).unwrap(), first);
+    }
+
+    #[test]
+    fn a_garbled_node_id_file_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(NODE_ID_FILE), "two words").unwrap();
+        let err = load_or_create_node_id(dir.path()).unwrap_err();
+        assert!(err.to_string().contains(NODE_ID_FILE), "{err}");
+    }
+
+    #[test]
+    fn advertised_address_prefers_config_then_listener() {
+        let local: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        assert_eq!(advertised_address(Some("cs1:7200"), local), "cs1:7200");
+        assert_eq!(advertised_address(None, local), "127.0.0.1:4000");
+        let any: SocketAddr = "0.0.0.0:4000".parse().unwrap();
+        let detected: SocketAddr = advertised_address(None, any).parse().unwrap();
+        assert!(!detected.ip().is_unspecified());
+        assert_eq!(detected.port(), 4000);
+    }
+}

@@ -1,0 +1,404 @@
+//! The gRPC `ChunkService`: decodes requests, runs the store on the blocking pool, encodes
+//! answers. Every refusal goes through [`crate::error`] so clients see one clear line.
+//!
+//! Memory is bounded: a chunk being written or read is buffered whole (at most
+//! `MAX_CHUNK_SIZE`), and at most [`MAX_TRANSFERS`] such buffers exist at once.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
+use redcloud_proto::FRAME_SIZE;
+use redcloud_proto::chunk::chunk_service_server::ChunkService;
+use redcloud_proto::chunk::write_chunk_request::Msg;
+use redcloud_proto::chunk::{
+    ChunkEntry, DeleteChunkRequest, DeleteChunkResponse, HasChunksRequest, HasChunksResponse,
+    InfoRequest, InfoResponse, ListChunksRequest, ListChunksResponse, ReadChunkRequest,
+    ReadChunkResponse, ReplicateChunkRequest, ReplicateChunkResponse, ScrubStats,
+    WriteChunkRequest, WriteChunkResponse,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::client;
+use crate::error::{id_status, join_status, parse_id, rejection_of, store_status};
+use crate::id::ChunkId;
+use crate::metrics::{Gauge, Metrics, Rejection, add, get};
+use crate::node::NodeIdentity;
+use crate::store::{
+    ChunkStore, Deletion, MAX_CHUNK_SIZE, PutOutcome, StoreError, now_ms, slice_range,
+};
+
+/// Most chunk buffers (writes, reads, replications) held at once: 32 x 8 MiB = 256 MiB.
+pub const MAX_TRANSFERS: usize = 32;
+/// Most ids in one HasChunks request.
+pub const MAX_HAS_CHUNKS: usize = 100_000;
+/// Entries per ListChunks page when the request does not say.
+pub const DEFAULT_LIST_PAGE: usize = 1_000;
+/// Most entries per ListChunks page (about 450 KB encoded).
+pub const MAX_LIST_PAGE: usize = 10_000;
+/// Deadline for fetching a chunk from a replication source.
+pub const REPLICATE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `ChunkService` over any [`ChunkStore`].
+pub struct ChunkServiceImpl {
+    store: Arc<dyn ChunkStore>,
+    metrics: Arc<Metrics>,
+    node: NodeIdentity,
+    transfers: Arc<Semaphore>,
+}
+
+type FrameStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl ChunkServiceImpl {
+    /// A service answering from `store`, counting into `metrics`.
+    pub fn new(store: Arc<dyn ChunkStore>, metrics: Arc<Metrics>, node: NodeIdentity) -> Self {
+        Self {
+            store,
+            metrics,
+            node,
+            transfers: Arc::new(Semaphore::new(MAX_TRANSFERS)),
+        }
+    }
+
+    /// Runs `work` on the blocking pool: store calls may wait on the disk.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&dyn ChunkStore) -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || work(&*store))
+            .await
+            .map_err(join_status)
+    }
+
+    async fn transfer_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.transfers
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("chunkserver is shutting down"))
+    }
+
+    fn refuse(&self, why: Rejection, status: Status) -> Status {
+        self.metrics.reject(why);
+        status
+    }
+
+    /// Stores verified bytes, counting the outcome.
+    async fn store_chunk(&self, id: ChunkId, bytes: Bytes) -> Result<PutOutcome, Status> {
+        let size = bytes.len() as u64;
+        match self.blocking(move |store| store.put(&id, &bytes)).await? {
+            Ok(PutOutcome::Stored) => {
+                add(&self.metrics.chunks_written, 1);
+                add(&self.metrics.bytes_written, size);
+                Ok(PutOutcome::Stored)
+            }
+            Ok(PutOutcome::AlreadyPresent) => {
+                add(&self.metrics.writes_already_present, 1);
+                Ok(PutOutcome::AlreadyPresent)
+            }
+            Err(e) => {
+                tracing::info!(chunk = %id, error = %e, "write refused");
+                if let Some(why) = rejection_of(&e) {
+                    self.metrics.reject(why);
+                }
+                Err(store_status(e, Some(&id)))
+            }
+        }
+    }
+
+    /// Collects the data frames of a WriteChunk stream: exactly `size` bytes, or an error.
+    async fn receive(
+        &self,
+        id: ChunkId,
+        size: u64,
+        stream: &mut Streaming<WriteChunkRequest>,
+    ) -> Result<Bytes, Status> {
+        // `size` was checked against MAX_CHUNK_SIZE, so this allocation is bounded.
+        let mut bytes = BytesMut::with_capacity(size as usize);
+        loop {
+            let message = match stream.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(e) => {
+                    let got = bytes.len();
+                    let message = format!(
+                        "chunk {id}: write stream broke after {got} of {size} bytes ({}); nothing stored",
+                        e.message()
+                    );
+                    tracing::info!("{message}");
+                    return Err(self.refuse(Rejection::Truncated, Status::aborted(message)));
+                }
+            };
+            match message.msg {
+                Some(Msg::Data(data)) if (bytes.len() + data.len()) as u64 <= size => {
+                    bytes.extend_from_slice(&data);
+                }
+                Some(Msg::Data(_)) => {
+                    let message =
+                        format!("chunk {id}: more bytes than the {size} declared; nothing stored");
+                    return Err(self.refuse(Rejection::TooLarge, Status::invalid_argument(message)));
+                }
+                Some(Msg::Header(_)) | None => {
+                    let message = format!(
+                        "chunk {id}: only the first message may be a header, and every later one must carry data"
+                    );
+                    return Err(
+                        self.refuse(Rejection::Malformed, Status::invalid_argument(message))
+                    );
+                }
+            }
+        }
+        if bytes.len() as u64 != size {
+            let got = bytes.len();
+            let message = format!(
+                "chunk {id}: stream ended after {got} of {size} declared bytes; nothing stored"
+            );
+            return Err(self.refuse(Rejection::Truncated, Status::invalid_argument(message)));
+        }
+        Ok(bytes.freeze())
+    }
+}
+
+#[tonic::async_trait]
+impl ChunkService for ChunkServiceImpl {
+    #[tracing::instrument(skip_all)]
+    async fn write_chunk(
+        &self,
+        request: Request<Streaming<WriteChunkRequest>>,
+    ) -> Result<Response<WriteChunkResponse>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(WriteChunkRequest {
+                msg: Some(Msg::Header(header)),
+            }) => header,
+            _ => {
+                let status =
+                    Status::invalid_argument("WriteChunk: the first message must be the header");
+                return Err(self.refuse(Rejection::Malformed, status));
+            }
+        };
+        let id = parse_id("header.id", &header.id)
+            .map_err(|status| self.refuse(Rejection::Malformed, status))?;
+        if header.size > MAX_CHUNK_SIZE {
+            let err = StoreError::TooLarge {
+                size: header.size,
+                max: MAX_CHUNK_SIZE,
+            };
+            return Err(self.refuse(Rejection::TooLarge, store_status(err, Some(&id))));
+        }
+        let _permit = self.transfer_permit().await?;
+        let _in_progress = Gauge::raise(&self.metrics.writes_in_progress);
+        let bytes = self.receive(id, header.size, &mut stream).await?;
+        let outcome = self.store_chunk(id, bytes).await?;
+        Ok(Response::new(WriteChunkResponse {
+            already_present: outcome == PutOutcome::AlreadyPresent,
+        }))
+    }
+
+    type ReadChunkStream = FrameStream<ReadChunkResponse>;
+
+    #[tracing::instrument(skip_all)]
+    async fn read_chunk(
+        &self,
+        request: Request<ReadChunkRequest>,
+    ) -> Result<Response<Self::ReadChunkStream>, Status> {
+        let request = request.into_inner();
+        let id = parse_id("id", &request.id)?;
+        let permit = self.transfer_permit().await?;
+        let bytes = self
+            .blocking(move |store| store.get(&id))
+            .await?
+            .map_err(|e| {
+                if matches!(e, StoreError::Corrupt(_)) {
+                    add(&self.metrics.corrupt_reads, 1);
+                }
+                store_status(e, Some(&id))
+            })?;
+        let size = bytes.len() as u64;
+        let end = match request.length {
+            0 => size.max(request.offset),
+            length => request.offset.saturating_add(length),
+        };
+        let data =
+            slice_range(&bytes, request.offset..end).map_err(|e| store_status(e, Some(&id)))?;
+        add(&self.metrics.reads, 1);
+        add(&self.metrics.bytes_read, data.len() as u64);
+        // At least one frame, so the client always learns the chunk size.
+        let frames = data.len().div_ceil(FRAME_SIZE).max(1);
+        let stream = futures::stream::iter((0..frames).map(move |i| {
+            // The permit lives as long as the stream, bounding buffered chunks.
+            let _held = &permit;
+            let start = i * FRAME_SIZE;
+            Ok(ReadChunkResponse {
+                data: data.slice(start..(start + FRAME_SIZE).min(data.len())),
+                chunk_size: if i == 0 { size } else { 0 },
+            })
+        }));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn has_chunks(
+        &self,
+        request: Request<HasChunksRequest>,
+    ) -> Result<Response<HasChunksResponse>, Status> {
+        let raw = request.into_inner().ids;
+        if raw.len() > MAX_HAS_CHUNKS {
+            let message = format!(
+                "HasChunks: {} ids exceed the limit of {MAX_HAS_CHUNKS}",
+                raw.len()
+            );
+            return Err(Status::invalid_argument(message));
+        }
+        let ids = raw
+            .iter()
+            .enumerate()
+            .map(|(i, id)| ChunkId::from_slice(id).map_err(|e| id_status(&format!("ids[{i}]"), e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let present = self
+            .blocking(move |store| store.contains_many(&ids))
+            .await?
+            .map_err(|e| store_status(e, None))?;
+        Ok(Response::new(HasChunksResponse { present }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn delete_chunk(
+        &self,
+        request: Request<DeleteChunkRequest>,
+    ) -> Result<Response<DeleteChunkResponse>, Status> {
+        let request = request.into_inner();
+        let id = parse_id("id", &request.id)?;
+        let min_age_ms = request.min_age_ms;
+        let deletion = self
+            .blocking(move |store| store.delete_if_older(&id, min_age_ms, now_ms()))
+            .await?
+            .map_err(|e| store_status(e, Some(&id)))?;
+        if deletion == Deletion::Deleted {
+            add(&self.metrics.chunks_deleted, 1);
+            tracing::debug!(chunk = %id, "deleted");
+        }
+        Ok(Response::new(DeleteChunkResponse {
+            existed: deletion != Deletion::Absent,
+            kept_young: deletion == Deletion::KeptYoung,
+        }))
+    }
+
+    type ListChunksStream = FrameStream<ListChunksResponse>;
+
+    #[tracing::instrument(skip_all)]
+    async fn list_chunks(
+        &self,
+        request: Request<ListChunksRequest>,
+    ) -> Result<Response<Self::ListChunksStream>, Status> {
+        let request = request.into_inner();
+        let mut after = match request.after.is_empty() {
+            true => None,
+            false => Some(parse_id("after", &request.after)?),
+        };
+        let page_size = match request.page_size {
+            0 => DEFAULT_LIST_PAGE,
+            n => (n as usize).min(MAX_LIST_PAGE),
+        };
+        let mut remaining = match request.limit {
+            0 => u64::MAX,
+            n => n,
+        };
+        let store = self.store.clone();
+        // Pages are read lazily, as the client consumes them (HTTP/2 flow control pushes back).
+        let stream = async_stream::try_stream! {
+            while remaining > 0 {
+                let want = page_size.min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                let store = store.clone();
+                let page = tokio::task::spawn_blocking(move || store.list(after, want))
+                    .await
+                    .map_err(join_status)?
+                    .map_err(|e| store_status(e, None))?;
+                let Some(&(last, _)) = page.last() else { break };
+                let full = page.len() == want;
+                after = Some(last);
+                remaining -= page.len() as u64;
+                let chunks = page
+                    .into_iter()
+                    .map(|(id, size)| ChunkEntry { id: Bytes::copy_from_slice(id.as_bytes()), size })
+                    .collect();
+                yield ListChunksResponse { chunks };
+                if !full {
+                    break;
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn replicate_chunk(
+        &self,
+        request: Request<ReplicateChunkRequest>,
+    ) -> Result<Response<ReplicateChunkResponse>, Status> {
+        let request = request.into_inner();
+        let id = parse_id("id", &request.id)?;
+        let source = request.source;
+        if source.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "chunk {id}: replication source is empty"
+            )));
+        }
+        let known = self.blocking(move |store| store.info(&id)).await?;
+        if let Some(info) = known.map_err(|e| store_status(e, Some(&id)))? {
+            return Ok(Response::new(ReplicateChunkResponse {
+                already_present: true,
+                size: info.size,
+            }));
+        }
+        let _permit = self.transfer_permit().await?;
+        let fetch = async {
+            let mut source_client = client::connect(&source).await?;
+            client::read_chunk(&mut source_client, id).await
+        };
+        let bytes = match tokio::time::timeout(REPLICATE_TIMEOUT, fetch).await {
+            Ok(Ok(bytes)) => bytes,
+            failed => {
+                add(&self.metrics.replication_source_failures, 1);
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {REPLICATE_TIMEOUT:?}"),
+                };
+                let message = format!("chunk {id}: replication source {source} failed: {why}");
+                tracing::warn!("{message}");
+                return Err(Status::unavailable(message));
+            }
+        };
+        let size = bytes.len() as u64;
+        let outcome = self.store_chunk(id, bytes).await?;
+        tracing::debug!(chunk = %id, %source, "replicated");
+        Ok(Response::new(ReplicateChunkResponse {
+            already_present: outcome == PutOutcome::AlreadyPresent,
+            size,
+        }))
+    }
+
+    async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        let stats = self.store.stats();
+        let m = &self.metrics;
+        Ok(Response::new(InfoResponse {
+            id: self.node.id.clone(),
+            address: self.node.address.clone(),
+            zone: self.node.zone.clone(),
+            capacity_bytes: stats.capacity_bytes,
+            used_bytes: stats.used_bytes,
+            chunk_count: stats.chunk_count,
+            inventory_digest: Bytes::copy_from_slice(&stats.inventory_digest),
+            scrub: Some(ScrubStats {
+                chunks_checked: get(&m.scrub_chunks_checked),
+                bytes_checked: get(&m.scrub_bytes_checked),
+                corrupt_found: get(&m.scrub_corrupt_found),
+                passes_completed: get(&m.scrub_passes_completed),
+            }),
+        }))
+    }
+}

@@ -1,0 +1,440 @@
+//! The RocksDB chunk store: the one chunkservers run.
+//!
+//! Two column families: `chunks` maps id -> bytes and uses BlobDB, so chunk bytes land in blob
+//! files instead of being rewritten by every compaction; `info` maps id -> [`ChunkInfo`] (24
+//! bytes) and is what `contains`, `list` and the startup scan read. A put writes both in one
+//! synced `WriteBatch`, so an acknowledged chunk survives a crash and the two never disagree.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, MutexGuard};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Direction, ErrorKind,
+    IteratorMode, Options, WriteBatch, WriteOptions,
+};
+
+use super::disk;
+use super::record::{decode_info, encode_info};
+use super::{
+    ChunkInfo, ChunkStore, Deletion, PutOutcome, StoreError, StoreStats, is_young, now_ms,
+    toggle_digest, verify,
+};
+use crate::id::ChunkId;
+
+const CHUNKS_CF: &str = "chunks";
+const INFO_CF: &str = "info";
+/// Values from this size up go to blob files; smaller chunks stay inline in the SST files.
+const MIN_BLOB_SIZE: u64 = 64 << 10;
+/// Large enough to hold many 1 MiB chunks, small enough that blob GC reclaims space steadily.
+const BLOB_FILE_SIZE: u64 = 256 << 20;
+const WRITE_BUFFER_SIZE: usize = 64 << 20;
+/// The WAL holds chunk bytes until the memtable is flushed; this forces a flush past it.
+const MAX_TOTAL_WAL_SIZE: u64 = 512 << 20;
+/// Number of locks striping the id space (see [`RocksStore::stripes`]).
+const LOCK_STRIPES: usize = 64;
+
+/// How to open a [`RocksStore`].
+#[derive(Debug, Clone, Default)]
+pub struct RocksOptions {
+    /// Most chunk bytes to accept. `None`: the bytes already stored plus the free space of the
+    /// filesystem at open time.
+    pub capacity: Option<u64>,
+}
+
+/// Chunks in RocksDB (see the module docs for the layout).
+pub struct RocksStore {
+    db: DB,
+    path: PathBuf,
+    capacity: u64,
+    /// Serialise check-then-write per id so concurrent puts and deletes of one chunk keep the
+    /// counters exact, while different chunks still write (and group-commit) in parallel.
+    stripes: Vec<Mutex<()>>,
+    chunk_count: AtomicU64,
+    /// Includes bytes reserved by puts in flight, so two puts cannot both take the last space.
+    used_bytes: AtomicU64,
+    digest: Mutex<[u8; 32]>,
+}
+
+impl RocksStore {
+    /// Opens (creating if needed) the store at `path` and rebuilds its totals from `info`.
+    pub fn open(path: &Path, options: RocksOptions) -> Result<Self, StoreError> {
+        let open_error = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError::Io(format!("{what} chunk store at {}: {e}", path.display()))
+        };
+        std::fs::create_dir_all(path).map_err(|e| open_error("creating", &e))?;
+
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        db_options.set_max_total_wal_size(MAX_TOTAL_WAL_SIZE);
+        db_options.set_keep_log_file_num(4);
+        db_options.set_compression_type(DBCompressionType::None);
+
+        let mut chunk_options = Options::default();
+        chunk_options.set_compression_type(DBCompressionType::None);
+        chunk_options.set_write_buffer_size(WRITE_BUFFER_SIZE);
+        chunk_options.set_enable_blob_files(true);
+        chunk_options.set_min_blob_size(MIN_BLOB_SIZE);
+        chunk_options.set_blob_file_size(BLOB_FILE_SIZE);
+        chunk_options.set_blob_compression_type(DBCompressionType::None);
+        // Without blob GC the space of deleted chunks would never come back.
+        chunk_options.set_enable_blob_gc(true);
+
+        let mut info_options = Options::default();
+        info_options.set_compression_type(DBCompressionType::None);
+
+        let families = [
+            ColumnFamilyDescriptor::new(CHUNKS_CF, chunk_options),
+            ColumnFamilyDescriptor::new(INFO_CF, info_options),
+        ];
+        let db = DB::open_cf_descriptors(&db_options, path, families)
+            .map_err(|e| open_error("opening", &e))?;
+
+        let mut store = Self {
+            db,
+            path: path.to_owned(),
+            capacity: 0,
+            stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            chunk_count: AtomicU64::new(0),
+            used_bytes: AtomicU64::new(0),
+            digest: Mutex::new([0; 32]),
+        };
+        store
+            .rebuild_totals()
+            .map_err(|e| open_error("scanning", &e))?;
+        let used = store.used_bytes.load(Ordering::Relaxed);
+        store.capacity = match options.capacity {
+            Some(capacity) => capacity,
+            None => used.saturating_add(
+                disk::available_bytes(path).map_err(|e| open_error("measuring", &e))?,
+            ),
+        };
+        Ok(store)
+    }
+
+    /// The directory holding the database.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn rebuild_totals(&mut self) -> Result<(), StoreError> {
+        let (mut count, mut used, mut digest) = (0u64, 0u64, [0u8; 32]);
+        for item in self.db.iterator_cf(self.info_cf(), IteratorMode::Start) {
+            let (key, value) = item.map_err(rocks_error)?;
+            let id = ChunkId::from_slice(&key).map_err(|e| StoreError::Io(e.to_string()))?;
+            count += 1;
+            used += decode_info(&id, &value)?.size;
+            toggle_digest(&mut digest, &id);
+        }
+        self.chunk_count = AtomicU64::new(count);
+        self.used_bytes = AtomicU64::new(used);
+        self.digest = Mutex::new(digest);
+        Ok(())
+    }
+
+    fn chunks_cf(&self) -> &ColumnFamily {
+        self.db
+            .cf_handle(CHUNKS_CF)
+            .expect("opened with the chunks family")
+    }
+
+    fn info_cf(&self) -> &ColumnFamily {
+        self.db
+            .cf_handle(INFO_CF)
+            .expect("opened with the info family")
+    }
+
+    fn lock(&self, id: &ChunkId) -> MutexGuard<'_, ()> {
+        self.stripes[usize::from(id.0[0]) % LOCK_STRIPES].lock()
+    }
+
+    /// Durable writes: the call returns only after the WAL is synced to disk.
+    fn synced() -> WriteOptions {
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        options
+    }
+
+    /// Takes `size` bytes of capacity, or refuses with `DiskFull`.
+    fn reserve(&self, size: u64) -> Result<(), StoreError> {
+        self.used_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                used.checked_add(size)
+                    .filter(|&total| total <= self.capacity)
+            })
+            .map(drop)
+            .map_err(|used| StoreError::DiskFull {
+                needed: size,
+                available: self.capacity.saturating_sub(used),
+            })
+    }
+
+    fn read_info(&self, id: &ChunkId) -> Result<Option<ChunkInfo>, StoreError> {
+        match self
+            .db
+            .get_pinned_cf(self.info_cf(), id)
+            .map_err(rocks_error)?
+        {
+            Some(value) => decode_info(id, &value).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Deletes chunk and info, unless younger than `min_age_ms`, while the caller holds the
+    /// id's stripe lock.
+    fn delete_locked(
+        &self,
+        id: &ChunkId,
+        min_age_ms: u64,
+        now_ms: u64,
+    ) -> Result<Deletion, StoreError> {
+        let Some(info) = self.read_info(id)? else {
+            return Ok(Deletion::Absent);
+        };
+        if is_young(info.stored_at_ms, min_age_ms, now_ms) {
+            return Ok(Deletion::KeptYoung);
+        }
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.chunks_cf(), id);
+        batch.delete_cf(self.info_cf(), id);
+        self.db
+            .write_opt(batch, &Self::synced())
+            .map_err(rocks_error)?;
+        self.chunk_count.fetch_sub(1, Ordering::SeqCst);
+        self.used_bytes.fetch_sub(info.size, Ordering::SeqCst);
+        toggle_digest(&mut self.digest.lock(), id);
+        Ok(Deletion::Deleted)
+    }
+
+    /// Reads the stored value; a RocksDB checksum failure counts as corruption.
+    fn read_value(&self, id: &ChunkId) -> Result<Option<Bytes>, StoreError> {
+        match self.db.get_pinned_cf(self.chunks_cf(), id) {
+            Ok(value) => Ok(value.map(|v| Bytes::copy_from_slice(&v))),
+            Err(e) if e.kind() == ErrorKind::Corruption => Err(StoreError::Corrupt(*id)),
+            Err(e) => Err(rocks_error(e)),
+        }
+    }
+
+    /// Drops a copy found corrupt, re-checking under the lock so that a good copy written in
+    /// the meantime survives.
+    fn drop_corrupt(&self, id: &ChunkId) -> Result<(), StoreError> {
+        let _guard = self.lock(id);
+        let still_bad = match self.read_value(id) {
+            Ok(Some(bytes)) => ChunkId::of(&bytes) != *id,
+            Ok(None) => false,
+            Err(StoreError::Corrupt(_)) => true,
+            Err(e) => return Err(e),
+        };
+        if still_bad {
+            tracing::warn!(chunk = %id, path = %self.path.display(), "dropping corrupt chunk");
+            self.delete_locked(id, 0, 0)?;
+        }
+        Ok(())
+    }
+}
+
+impl ChunkStore for RocksStore {
+    fn put(&self, id: &ChunkId, bytes: &[u8]) -> Result<PutOutcome, StoreError> {
+        verify(id, bytes)?;
+        let _guard = self.lock(id);
+        if let Some(mut info) = self.read_info(id)? {
+            // Only the 24-byte info record is rewritten; synced because GC's minimum age
+            // relies on it to keep a chunk that was just uploaded again.
+            info.stored_at_ms = now_ms();
+            self.db
+                .put_cf_opt(self.info_cf(), id, encode_info(&info), &Self::synced())
+                .map_err(rocks_error)?;
+            return Ok(PutOutcome::AlreadyPresent);
+        }
+        let size = bytes.len() as u64;
+        self.reserve(size)?;
+        let now = now_ms();
+        let info = ChunkInfo {
+            size,
+            stored_at_ms: now,
+            last_verified_ms: now,
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.chunks_cf(), id, bytes);
+        batch.put_cf(self.info_cf(), id, encode_info(&info));
+        if let Err(e) = self.db.write_opt(batch, &Self::synced()) {
+            self.used_bytes.fetch_sub(size, Ordering::SeqCst);
+            return Err(match rocks_error(e) {
+                StoreError::DiskFull { .. } => StoreError::DiskFull {
+                    needed: size,
+                    available: 0,
+                },
+                other => other,
+            });
+        }
+        self.chunk_count.fetch_add(1, Ordering::SeqCst);
+        toggle_digest(&mut self.digest.lock(), id);
+        Ok(PutOutcome::Stored)
+    }
+
+    fn get(&self, id: &ChunkId) -> Result<Bytes, StoreError> {
+        match self.read_value(id) {
+            Ok(Some(bytes)) if ChunkId::of(&bytes) == *id => Ok(bytes),
+            Ok(Some(_)) | Err(StoreError::Corrupt(_)) => {
+                self.drop_corrupt(id)?;
+                Err(StoreError::Corrupt(*id))
+            }
+            Ok(None) => Err(StoreError::NotFound(*id)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.info_cf(), id)
+            .map_err(rocks_error)?
+            .is_some())
+    }
+
+    fn contains_many(&self, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError> {
+        self.db
+            .batched_multi_get_cf(self.info_cf(), ids, false)
+            .into_iter()
+            .map(|found| found.map(|v| v.is_some()).map_err(rocks_error))
+            .collect()
+    }
+
+    fn delete_if_older(
+        &self,
+        id: &ChunkId,
+        min_age_ms: u64,
+        now_ms: u64,
+    ) -> Result<Deletion, StoreError> {
+        let _guard = self.lock(id);
+        self.delete_locked(id, min_age_ms, now_ms)
+    }
+
+    fn list(
+        &self,
+        after: Option<ChunkId>,
+        limit: usize,
+    ) -> Result<Vec<(ChunkId, u64)>, StoreError> {
+        let mode = match &after {
+            Some(after) => IteratorMode::From(after.as_bytes(), Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut page = Vec::with_capacity(limit.min(4096));
+        for item in self.db.iterator_cf(self.info_cf(), mode) {
+            if page.len() >= limit {
+                break;
+            }
+            let (key, value) = item.map_err(rocks_error)?;
+            let id = ChunkId::from_slice(&key).map_err(|e| StoreError::Io(e.to_string()))?;
+            if Some(id) == after {
+                continue;
+            }
+            page.push((id, decode_info(&id, &value)?.size));
+        }
+        Ok(page)
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            chunk_count: self.chunk_count.load(Ordering::SeqCst),
+            used_bytes: self.used_bytes.load(Ordering::SeqCst),
+            capacity_bytes: self.capacity,
+            inventory_digest: *self.digest.lock(),
+        }
+    }
+
+    fn info(&self, id: &ChunkId) -> Result<Option<ChunkInfo>, StoreError> {
+        self.read_info(id)
+    }
+
+    fn mark_verified(&self, id: &ChunkId, now_ms: u64) -> Result<(), StoreError> {
+        let _guard = self.lock(id);
+        let Some(mut info) = self.read_info(id)? else {
+            return Ok(());
+        };
+        info.last_verified_ms = now_ms;
+        // Not synced: losing a verification time in a crash only means an earlier re-check.
+        self.db
+            .put_cf(self.info_cf(), id, encode_info(&info))
+            .map_err(rocks_error)
+    }
+
+    fn corrupt_for_test(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        let _guard = self.lock(id);
+        let Some(bytes) = self.read_value(id)? else {
+            return Ok(false);
+        };
+        let mut rotten = bytes.to_vec();
+        match rotten.get_mut(bytes.len() / 2) {
+            Some(byte) => *byte ^= 0x01,
+            None => rotten.push(0),
+        }
+        self.db
+            .put_cf_opt(self.chunks_cf(), id, rotten, &Self::synced())
+            .map_err(rocks_error)?;
+        Ok(true)
+    }
+}
+
+fn rocks_error(e: rocksdb::Error) -> StoreError {
+    let message = e.into_string();
+    if disk::is_no_space(&message) {
+        StoreError::DiskFull {
+            needed: 0,
+            available: 0,
+        }
+    } else {
+        StoreError::Io(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunks: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 100 << 10]).collect();
+        let before = {
+            let store = RocksStore::open(dir.path(), RocksOptions::default()).unwrap();
+            for c in &chunks {
+                store.put(&ChunkId::of(c), c).unwrap();
+            }
+            store.delete(&ChunkId::of(&chunks[0])).unwrap();
+            store.stats()
+        };
+        let store = RocksStore::open(dir.path(), RocksOptions::default()).unwrap();
+        let after = store.stats();
+        assert_eq!(after.chunk_count, 4);
+        assert_eq!(after.used_bytes, 4 * (100 << 10));
+        assert_eq!(after.inventory_digest, before.inventory_digest);
+        assert_eq!(store.get(&ChunkId::of(&chunks[3])).unwrap(), chunks[3]);
+    }
+
+    #[test]
+    fn open_errors_name_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let err = RocksStore::open(&file, RocksOptions::default())
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("not-a-dir"), "{err}");
+    }
+
+    #[test]
+    fn a_second_open_of_a_live_store_fails_naming_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = RocksStore::open(dir.path(), RocksOptions::default()).unwrap();
+        let err = RocksStore::open(dir.path(), RocksOptions::default())
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains(&dir.path().display().to_string()),
+            "{err}"
+        );
+    }
+}

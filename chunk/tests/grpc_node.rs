@@ -1,0 +1,239 @@
+//! Whole-node behaviour over real sockets: replication between servers, Info, scrub, and
+//! `run` with its persisted node id.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{DEADLINE, chunk, has, start, start_with, wait_until, wire};
+use redcloud_chunk::client::{self, ClientError};
+use redcloud_chunk::scrub::ScrubConfig;
+use redcloud_chunk::{ChunkserverConfig, run};
+use redcloud_proto::chunk::{InfoRequest, InfoResponse, ReplicateChunkRequest};
+use tokio::net::TcpListener;
+use tonic::Code;
+
+async fn info(client: &mut client::ChunkClient) -> InfoResponse {
+    client.info(InfoRequest {}).await.unwrap().into_inner()
+}
+
+#[tokio::test]
+async fn replicate_copies_a_chunk_from_another_server() {
+    let (source, target) = (start(None).await, start(None).await);
+    let (id, bytes) = chunk(1, 3 << 20);
+    client::write_chunk(&mut source.client().await, id, bytes.clone())
+        .await
+        .unwrap();
+
+    let mut client = target.client().await;
+    let request = ReplicateChunkRequest {
+        id: wire(&id),
+        source: source.addr.clone(),
+    };
+    let answer = client
+        .replicate_chunk(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!answer.already_present);
+    assert_eq!(answer.size, bytes.len() as u64);
+    assert_eq!(client::read_chunk(&mut client, id).await.unwrap(), bytes);
+    let again = client.replicate_chunk(request).await.unwrap().into_inner();
+    assert!(again.already_present);
+    source.stop().await;
+    target.stop().await;
+}
+
+#[tokio::test]
+async fn replicate_from_a_dead_or_empty_source_is_unavailable_naming_it() {
+    let (empty_source, target) = (start(None).await, start(None).await);
+    let dead = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let (id, _) = chunk(2, 1000);
+    let mut client = target.client().await;
+    for source in [dead, empty_source.addr.clone()] {
+        let request = ReplicateChunkRequest {
+            id: wire(&id),
+            source: source.clone(),
+        };
+        let status = tokio::time::timeout(DEADLINE, client.replicate_chunk(request))
+            .await
+            .expect("replication gives up in time")
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+        assert!(status.message().contains(&source), "{}", status.message());
+        assert!(
+            status.message().contains(&id.to_string()),
+            "{}",
+            status.message()
+        );
+    }
+    assert_eq!(has(&mut client, &[id]).await, [false]);
+    empty_source.stop().await;
+    target.stop().await;
+}
+
+#[tokio::test]
+async fn info_reports_identity_usage_and_the_xor_digest() {
+    let server = start(Some(100 << 20)).await;
+    let mut client = server.client().await;
+    let mut xor = [0u8; 32];
+    let mut used = 0;
+    for seed in 0..5 {
+        let (id, bytes) = chunk(10 + seed, 1000 * (seed as usize + 1));
+        client::write_chunk(&mut client, id, bytes.clone())
+            .await
+            .unwrap();
+        xor.iter_mut().zip(id.0).for_each(|(x, b)| *x ^= b);
+        used += bytes.len() as u64;
+    }
+    let info = info(&mut client).await;
+    assert_eq!(
+        (info.id.as_str(), info.address.as_str(), info.zone.as_str()),
+        ("cs-test", server.addr.as_str(), "z1")
+    );
+    assert_eq!(
+        (info.chunk_count, info.used_bytes, info.capacity_bytes),
+        (5, used, 100 << 20)
+    );
+    assert_eq!(info.inventory_digest[..], xor);
+    assert!(info.scrub.is_some());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn scrub_finds_drops_and_counts_a_corrupt_chunk() {
+    let scrub = ScrubConfig {
+        rate_bytes_per_sec: 1 << 30,
+        pause_between_passes: Duration::from_millis(20),
+    };
+    let server = start_with(None, scrub).await;
+    let mut client = server.client().await;
+    let chunks: Vec<_> = (0..3).map(|seed| chunk(20 + seed, 300_000)).collect();
+    for (id, bytes) in &chunks {
+        client::write_chunk(&mut client, *id, bytes.clone())
+            .await
+            .unwrap();
+    }
+    assert!(server.store.corrupt_for_test(&chunks[1].0).unwrap());
+    let addr = server.addr.clone();
+    wait_until("scrub reports the corrupt chunk", || {
+        let addr = addr.clone();
+        async move {
+            let mut client = client::connect(&addr).await.unwrap();
+            info(&mut client).await.scrub.unwrap().corrupt_found == 1
+        }
+    })
+    .await;
+    let ids: Vec<_> = chunks.iter().map(|(id, _)| *id).collect();
+    assert_eq!(has(&mut client, &ids).await, [true, false, true]);
+    let report = info(&mut client).await;
+    assert_eq!(report.chunk_count, 2);
+    let scrub = report.scrub.unwrap();
+    assert!(
+        scrub.chunks_checked >= 3 && scrub.bytes_checked >= 600_000,
+        "{scrub:?}"
+    );
+    assert_eq!(
+        client::read_chunk(&mut client, ids[2]).await.unwrap(),
+        chunks[2].1
+    );
+    server.stop().await;
+}
+
+/// Runs `run` on a fresh loopback listener; answers its address, a stop switch and the task.
+async fn spawn_run(
+    config: ChunkserverConfig,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(config, listener, async {
+        let _ = rx.await;
+    }));
+    (addr, tx, task)
+}
+
+#[tokio::test]
+async fn run_keeps_its_node_id_and_chunks_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ChunkserverConfig::new(dir.path());
+    config.capacity = Some(10 << 20);
+    config.scrub_rate = 0;
+    let (id, bytes) = chunk(30, 50_000);
+
+    let (addr, stop, task) = spawn_run(config.clone()).await;
+    let mut client = client::connect(&addr).await.unwrap();
+    let first = info(&mut client).await;
+    assert!(first.id.starts_with("cs-"), "{}", first.id);
+    assert_eq!(
+        (first.address.as_str(), first.capacity_bytes),
+        (addr.as_str(), 10 << 20)
+    );
+    client::write_chunk(&mut client, id, bytes.clone())
+        .await
+        .unwrap();
+    drop(client);
+    stop.send(()).unwrap();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    let (addr, stop, task) = spawn_run(config).await;
+    let mut client = client::connect(&addr).await.unwrap();
+    let second = info(&mut client).await;
+    assert_eq!(second.id, first.id);
+    assert_eq!(
+        second.inventory_digest,
+        first
+            .inventory_digest
+            .iter()
+            .zip(id.0)
+            .map(|(a, b)| a ^ b)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(client::read_chunk(&mut client, id).await.unwrap(), bytes);
+    drop(client);
+    stop.send(()).unwrap();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn run_refuses_a_bad_config_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ChunkserverConfig::new(dir.path());
+    config.zone = String::new();
+    let (_, _stop, task) = spawn_run(config).await;
+    let err = tokio::time::timeout(DEADLINE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("zone"), "{err}");
+}
+
+#[tokio::test]
+async fn connecting_to_nothing_fails_within_the_connect_timeout() {
+    let dead = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let err = tokio::time::timeout(DEADLINE, client::connect(&dead))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Connect { .. }), "{err}");
+    assert!(err.to_string().contains(&dead), "{err}");
+}
