@@ -1,0 +1,31 @@
+//! The controller's side of the chunkserver protocol: confirm uploads (HasChunks), order
+//! copies (ReplicateChunk), collect garbage (DeleteChunk) and pull inventories (ListChunks).
+//! The controller talks to chunkservers only through the wire protocol, not their crate.
+
+use std::time::Duration;
+
+use redcloud_proto::chunk::chunk_service_client::ChunkServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long to wait for a chunkserver to accept a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub type Client = ChunkServiceClient<Channel>;
+
+/// Connects to a chunkserver at `addr` (`host:port`) with the shared limits and windows.
+pub async fn connect(addr: &str) -> anyhow::Result<Client> {
+    let uri = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    let channel = Endpoint::from_shared(uri)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .initial_stream_window_size(redcloud_proto::STREAM_WINDOW)
+        .initial_connection_window_size(redcloud_proto::CONNECTION_WINDOW)
+        .connect()
+        .await?;
+    Ok(ChunkServiceClient::new(channel)
+        .max_decoding_message_size(redcloud_proto::MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(redcloud_proto::MAX_MESSAGE_SIZE))
+}

@@ -1,0 +1,687 @@
+//! File operations and queries on the `files/<k>` documents.
+//!
+//! Per document three flat maps (see `names` for the key layout):
+//! - `versions`: `owner\x1fname\x1fvid` -> encoded [`VersionRecord`];
+//! - `heads`: `owner\x1fname` -> vid. Concurrent writes leave an Automerge conflict here, and
+//!   that conflict set is the set of head candidates; `resolve::winner` picks the head;
+//! - `tags`: `owner\x1fname\x1ftag` -> the HLC timestamp of the add (u64); add is a put,
+//!   remove a delete, so a concurrent add and remove ends with the tag present (add wins). The
+//!   value is a timestamp rather than `true` because Automerge writes no op for a put of the
+//!   value a key already holds, and a re-add that writes nothing would lose to a concurrent
+//!   remove.
+//!
+//! Every head change (write, delete, restore, resolve) is a new version record plus a put on
+//! `heads`, which supersedes every candidate this replica has seen. A deleted file is one whose
+//! winning head is a tombstone (`deleted = true`): `file` and `list` do not show it, `history`,
+//! `conflicts` and `live_chunks` still do, until `purge_expired` drops it after the trash
+//! retention.
+
+use std::collections::BTreeMap;
+
+use automerge::ReadDoc;
+use automerge::transaction::Transactable;
+
+use crate::document::DocId;
+use crate::error::MetaError;
+use crate::hlc::Timestamp;
+use crate::names::{self, file_key, prefix_range, sub_key};
+use crate::record::{ChunkHash, ChunkRef, VersionRecord};
+use crate::resolve::{self, Candidate};
+use crate::store::{Commit, MetaStore};
+use crate::vv::VersionVector;
+
+/// Content of a new file version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewVersion {
+    pub size: u64,
+    pub blake3: [u8; 32],
+    /// Chunks in file order: hash and length. The lengths must add up to `size`.
+    pub chunks: Vec<(ChunkHash, u64)>,
+    /// Tags to add to the file (tags of earlier versions stay).
+    pub tags: Vec<String>,
+}
+
+/// One version of a file as queries show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionView {
+    pub vid: String,
+    pub size: u64,
+    pub blake3: [u8; 32],
+    pub chunks: Vec<ChunkRef>,
+    pub created: Timestamp,
+    pub origin: String,
+    pub vv: VersionVector,
+    pub deleted: bool,
+    pub restored_from: Option<String>,
+    /// One of the current head candidates.
+    pub is_candidate: bool,
+    /// The winning head candidate.
+    pub is_head: bool,
+}
+
+/// A live file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileView {
+    pub name: String,
+    pub head: VersionView,
+    pub tags: Vec<String>,
+    /// More than one head candidate: see `conflicts`.
+    pub conflicted: bool,
+}
+
+/// A file with concurrent head candidates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConflictView {
+    pub name: String,
+    /// All candidates, winner first, then by descending creation time.
+    pub candidates: Vec<VersionView>,
+    pub winner: String,
+}
+
+/// What `purge_expired` removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PurgeOutcome {
+    pub files: usize,
+    pub versions: usize,
+    pub commits: Vec<Commit>,
+}
+
+/// A file's current head candidates, decoded.
+struct HeadState {
+    candidates: Vec<(String, VersionRecord)>,
+    winner: usize,
+}
+
+impl HeadState {
+    fn winner(&self) -> &(String, VersionRecord) {
+        &self.candidates[self.winner]
+    }
+
+    fn view(&self, i: usize) -> VersionView {
+        let (vid, rec) = &self.candidates[i];
+        view(vid, rec, true, i == self.winner)
+    }
+
+    fn merged_vv(&self) -> VersionVector {
+        let mut vv = VersionVector::new();
+        for (_, rec) in &self.candidates {
+            vv.merge(&rec.vv);
+        }
+        vv
+    }
+}
+
+fn view(vid: &str, rec: &VersionRecord, is_candidate: bool, is_head: bool) -> VersionView {
+    VersionView {
+        vid: vid.to_owned(),
+        size: rec.size,
+        blake3: rec.blake3,
+        chunks: rec.chunks.clone(),
+        created: rec.created,
+        origin: rec.origin.clone(),
+        vv: rec.vv.clone(),
+        deleted: rec.deleted,
+        restored_from: rec.restored_from.clone(),
+        is_candidate,
+        is_head,
+    }
+}
+
+/// A new version id: the HLC timestamp (so ids sort by creation) and 32 random bits (so two
+/// incarnations sharing a node id and clock state cannot collide).
+fn new_vid(ts: Timestamp) -> String {
+    format!("{:016x}{:08x}", ts.0, rand::random::<u32>())
+}
+
+fn corrupt(doc: DocId, key: &str, reason: impl Into<String>) -> MetaError {
+    MetaError::CorruptRecord {
+        doc: doc.to_string(),
+        key: key.replace(names::SEP, "/"),
+        reason: reason.into(),
+    }
+}
+
+impl MetaStore {
+    /// The document holding `(owner, name)`: `files/<k>`, k = first 8 bytes (little endian) of
+    /// BLAKE3(`owner\x1fname`) mod the shard count.
+    pub fn file_doc(&self, owner: &str, name: &str) -> DocId {
+        let h = blake3::hash(file_key(owner, name).as_bytes());
+        let k = u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"));
+        DocId::Files((k % u64::from(self.shards())) as u32)
+    }
+
+    fn file_docs(&self) -> impl Iterator<Item = DocId> + '_ {
+        (0..self.shards()).map(DocId::Files)
+    }
+
+    fn read_version(&self, id: DocId, key: &str) -> Result<Option<VersionRecord>, MetaError> {
+        let doc = self.doc(id)?;
+        match doc.am.get(doc.map("versions"), key) {
+            Ok(Some((v, _))) => {
+                let bytes = v.as_bytes().ok_or_else(|| corrupt(id, key, "not bytes"))?;
+                VersionRecord::decode(bytes)
+                    .map(Some)
+                    .map_err(|e| corrupt(id, key, e))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(corrupt(id, key, e.to_string())),
+        }
+    }
+
+    /// The head candidates of the file at `fkey`, or `None` if it has none (never written, or
+    /// purged). A candidate whose record is missing is skipped.
+    fn head_state(&self, id: DocId, fkey: &str) -> Result<Option<HeadState>, MetaError> {
+        let doc = self.doc(id)?;
+        let values = doc
+            .am
+            .get_all(doc.map("heads"), fkey)
+            .map_err(|e| corrupt(id, fkey, e.to_string()))?;
+        let mut candidates = Vec::with_capacity(values.len());
+        for (v, _) in values {
+            let vid = v
+                .as_str()
+                .ok_or_else(|| corrupt(id, fkey, "head is not a string"))?
+                .to_owned();
+            if let Some(rec) = self.read_version(id, &sub_key(fkey, &vid))? {
+                candidates.push((vid, rec));
+            }
+        }
+        candidates.sort_by(|a, b| a.0.cmp(&b.0));
+        let view: Vec<Candidate<'_>> = candidates
+            .iter()
+            .map(|(vid, r)| Candidate {
+                vid,
+                vv: &r.vv,
+                created: r.created,
+                origin: &r.origin,
+            })
+            .collect();
+        Ok(resolve::winner(&view).map(|winner| HeadState { candidates, winner }))
+    }
+
+    fn tags_of(&self, id: DocId, fkey: &str) -> Result<Vec<String>, MetaError> {
+        let doc = self.doc(id)?;
+        Ok(doc
+            .am
+            .map_range(doc.map("tags"), prefix_range(fkey))
+            .map(|item| names::last_part(&item.key).to_owned())
+            .collect())
+    }
+
+    fn has_tag(&self, id: DocId, fkey: &str, tag: &str) -> Result<bool, MetaError> {
+        let doc = self.doc(id)?;
+        let key = sub_key(fkey, tag);
+        Ok(doc
+            .am
+            .get(doc.map("tags"), key.as_str())
+            .map_err(|e| corrupt(id, &key, e.to_string()))?
+            .is_some())
+    }
+
+    /// Write a new head version of `(owner, name)`: record, head put, tags.
+    fn write_head(
+        &mut self,
+        owner: &str,
+        name: &str,
+        time: Timestamp,
+        state: Option<&HeadState>,
+        content: VersionRecord,
+        tags: &[String],
+    ) -> Result<(VersionView, Commit), MetaError> {
+        let id = self.file_doc(owner, name);
+        let fkey = file_key(owner, name);
+        let mut vv = state.map(HeadState::merged_vv).unwrap_or_default();
+        vv.increment(self.config.node_id.as_str());
+        let rec = VersionRecord {
+            created: time,
+            vv,
+            origin: self.config.node_id.to_string(),
+            ..content
+        };
+        let vid = new_vid(time);
+        let bytes = rec.encode();
+        let ((), commit) = self.commit(id, time, |tx, m| {
+            tx.put(m.get("versions"), sub_key(&fkey, &vid), bytes)?;
+            tx.put(m.get("heads"), fkey.as_str(), vid.as_str())?;
+            for tag in tags {
+                tx.put(m.get("tags"), sub_key(&fkey, tag), time.0)?;
+            }
+            Ok(())
+        })?;
+        Ok((view(&vid, &rec, true, true), commit))
+    }
+
+    /// Add a new version of `(owner, name)` (creating the file). `after` is a timestamp the
+    /// client has already seen (say, its previous acknowledged write): the new version gets a
+    /// later one even if this controller's clock is behind.
+    pub fn add_version(
+        &mut self,
+        owner: &str,
+        name: &str,
+        version: NewVersion,
+        wall_ms: u64,
+        after: Option<Timestamp>,
+    ) -> Result<(VersionView, Commit), MetaError> {
+        names::validate_user(owner)?;
+        names::validate_name(name)?;
+        for tag in &version.tags {
+            names::validate_tag(tag)?;
+        }
+        let max_chunks = self.config.limits.max_chunks_per_version;
+        if version.chunks.len() > max_chunks {
+            return Err(MetaError::invalid(
+                "chunks",
+                format!("{} chunks, more than {max_chunks}", version.chunks.len()),
+            ));
+        }
+        let total = version
+            .chunks
+            .iter()
+            .try_fold(0u64, |acc, (_, len)| acc.checked_add(*len));
+        if total != Some(version.size) {
+            return Err(MetaError::invalid(
+                "chunks",
+                format!(
+                    "chunk lengths add up to {total:?}, not the file size {}",
+                    version.size
+                ),
+            ));
+        }
+        let id = self.file_doc(owner, name);
+        let state = self.head_state(id, &file_key(owner, name))?;
+        let time = self.next_timestamp(wall_ms, after)?;
+        let content = VersionRecord {
+            size: version.size,
+            blake3: version.blake3,
+            chunks: version
+                .chunks
+                .iter()
+                .map(|&(hash, len)| ChunkRef { hash, len })
+                .collect(),
+            created: time,
+            vv: VersionVector::new(),
+            origin: String::new(),
+            deleted: false,
+            restored_from: None,
+        };
+        self.write_head(owner, name, time, state.as_ref(), content, &version.tags)
+    }
+
+    /// Delete `(owner, name)`: a new tombstone head. `NotFound` if the file is not live.
+    pub fn delete(
+        &mut self,
+        owner: &str,
+        name: &str,
+        wall_ms: u64,
+        after: Option<Timestamp>,
+    ) -> Result<(VersionView, Commit), MetaError> {
+        names::validate_user(owner)?;
+        names::validate_name(name)?;
+        let id = self.file_doc(owner, name);
+        let state = self.head_state(id, &file_key(owner, name))?;
+        match &state {
+            Some(s) if !s.winner().1.deleted => {}
+            _ => return Err(MetaError::NotFound(format!("file {name:?}"))),
+        }
+        let time = self.next_timestamp(wall_ms, after)?;
+        let tombstone = VersionRecord {
+            size: 0,
+            blake3: [0; 32],
+            chunks: Vec::new(),
+            created: time,
+            vv: VersionVector::new(),
+            origin: String::new(),
+            deleted: true,
+            restored_from: None,
+        };
+        self.write_head(owner, name, time, state.as_ref(), tombstone, &[])
+    }
+
+    /// Make a copy of version `vid` the new head (roll back, or undelete a deleted file).
+    pub fn restore(
+        &mut self,
+        owner: &str,
+        name: &str,
+        vid: &str,
+        wall_ms: u64,
+        after: Option<Timestamp>,
+    ) -> Result<(VersionView, Commit), MetaError> {
+        names::validate_user(owner)?;
+        names::validate_name(name)?;
+        let id = self.file_doc(owner, name);
+        let fkey = file_key(owner, name);
+        let source = self
+            .read_version(id, &sub_key(&fkey, vid))?
+            .ok_or_else(|| MetaError::NotFound(format!("version {vid:?} of file {name:?}")))?;
+        if source.deleted {
+            return Err(MetaError::invalid(
+                "version",
+                format!("{vid:?} is a deletion marker; restore a version with content"),
+            ));
+        }
+        let state = self.head_state(id, &fkey)?;
+        let time = self.next_timestamp(wall_ms, after)?;
+        let content = VersionRecord {
+            restored_from: Some(vid.to_owned()),
+            ..source
+        };
+        self.write_head(owner, name, time, state.as_ref(), content, &[])
+    }
+
+    /// End a conflict: a new head with the content of candidate `vid` (a tombstone candidate
+    /// keeps the file deleted), superseding every current candidate.
+    pub fn resolve_conflict(
+        &mut self,
+        owner: &str,
+        name: &str,
+        vid: &str,
+        wall_ms: u64,
+        after: Option<Timestamp>,
+    ) -> Result<(VersionView, Commit), MetaError> {
+        names::validate_user(owner)?;
+        names::validate_name(name)?;
+        let id = self.file_doc(owner, name);
+        let state = self
+            .head_state(id, &file_key(owner, name))?
+            .ok_or_else(|| MetaError::NotFound(format!("file {name:?}")))?;
+        let source = state
+            .candidates
+            .iter()
+            .find(|(v, _)| v == vid)
+            .map(|(_, rec)| rec.clone())
+            .ok_or_else(|| {
+                MetaError::invalid(
+                    "version",
+                    format!("{vid:?} is not a current head candidate of {name:?}"),
+                )
+            })?;
+        let time = self.next_timestamp(wall_ms, after)?;
+        let content = VersionRecord {
+            restored_from: Some(vid.to_owned()),
+            ..source
+        };
+        self.write_head(owner, name, time, Some(&state), content, &[])
+    }
+
+    /// Add tags to a live file. Always writes (even a tag already present), so a concurrent
+    /// remove elsewhere does not win over this add.
+    pub fn add_tags(
+        &mut self,
+        owner: &str,
+        name: &str,
+        tags: &[String],
+        wall_ms: u64,
+    ) -> Result<Option<Commit>, MetaError> {
+        self.check_live(owner, name, tags)?;
+        if tags.is_empty() {
+            return Ok(None);
+        }
+        let fkey = file_key(owner, name);
+        let id = self.file_doc(owner, name);
+        let time = self.clock.tick(wall_ms);
+        let ((), commit) = self.commit(id, time, |tx, m| {
+            for tag in tags {
+                tx.put(m.get("tags"), sub_key(&fkey, tag), time.0)?;
+            }
+            Ok(())
+        })?;
+        Ok(Some(commit))
+    }
+
+    /// Remove tags from a live file; `None` if it had none of them.
+    pub fn remove_tags(
+        &mut self,
+        owner: &str,
+        name: &str,
+        tags: &[String],
+        wall_ms: u64,
+    ) -> Result<Option<Commit>, MetaError> {
+        self.check_live(owner, name, tags)?;
+        let fkey = file_key(owner, name);
+        let id = self.file_doc(owner, name);
+        let mut present = Vec::new();
+        for tag in tags {
+            if self.has_tag(id, &fkey, tag)? && !present.contains(tag) {
+                present.push(tag.clone());
+            }
+        }
+        if present.is_empty() {
+            return Ok(None);
+        }
+        let time = self.clock.tick(wall_ms);
+        let ((), commit) = self.commit(id, time, |tx, m| {
+            for tag in &present {
+                tx.delete(m.get("tags"), sub_key(&fkey, tag))?;
+            }
+            Ok(())
+        })?;
+        Ok(Some(commit))
+    }
+
+    fn check_live(&self, owner: &str, name: &str, tags: &[String]) -> Result<(), MetaError> {
+        names::validate_user(owner)?;
+        names::validate_name(name)?;
+        for tag in tags {
+            names::validate_tag(tag)?;
+        }
+        if self.file(owner, name)?.is_none() {
+            return Err(MetaError::NotFound(format!("file {name:?}")));
+        }
+        Ok(())
+    }
+
+    /// The live file `(owner, name)`; `None` if it does not exist or its head is a tombstone.
+    pub fn file(&self, owner: &str, name: &str) -> Result<Option<FileView>, MetaError> {
+        names::validate_user(owner)?;
+        names::validate_name(name)?;
+        let id = self.file_doc(owner, name);
+        self.file_at(id, &file_key(owner, name), name)
+    }
+
+    fn file_at(&self, id: DocId, fkey: &str, name: &str) -> Result<Option<FileView>, MetaError> {
+        let Some(state) = self.head_state(id, fkey)? else {
+            return Ok(None);
+        };
+        if state.winner().1.deleted {
+            return Ok(None);
+        }
+        Ok(Some(FileView {
+            name: name.to_owned(),
+            head: state.view(state.winner),
+            tags: self.tags_of(id, fkey)?,
+            conflicted: state.candidates.len() > 1,
+        }))
+    }
+
+    /// Keys in `heads` of `owner` (or of everyone), per document.
+    fn file_keys(&self, id: DocId, owner: Option<&str>) -> Result<Vec<String>, MetaError> {
+        let doc = self.doc(id)?;
+        let heads = doc.map("heads");
+        Ok(match owner {
+            Some(o) => doc
+                .am
+                .map_range(heads, prefix_range(o))
+                .map(|i| i.key.into_owned())
+                .collect(),
+            None => doc
+                .am
+                .map_range(heads, ..)
+                .map(|i| i.key.into_owned())
+                .collect(),
+        })
+    }
+
+    /// Live files of `owner` carrying all of `tags` (all live files for no tags), by name.
+    pub fn list(&self, owner: &str, tags: &[String]) -> Result<Vec<FileView>, MetaError> {
+        names::validate_user(owner)?;
+        for tag in tags {
+            names::validate_tag(tag)?;
+        }
+        let prefix_len = owner.len() + 1;
+        let mut out = Vec::new();
+        for id in self.file_docs() {
+            'files: for fkey in self.file_keys(id, Some(owner))? {
+                for tag in tags {
+                    if !self.has_tag(id, &fkey, tag)? {
+                        continue 'files;
+                    }
+                }
+                if let Some(f) = self.file_at(id, &fkey, &fkey[prefix_len..])? {
+                    out.push(f);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Every retained version of `(owner, name)`, oldest first, with candidate/head markers.
+    pub fn history(&self, owner: &str, name: &str) -> Result<Vec<VersionView>, MetaError> {
+        names::validate_user(owner)?;
+        names::validate_name(name)?;
+        let id = self.file_doc(owner, name);
+        let fkey = file_key(owner, name);
+        let state = self.head_state(id, &fkey)?;
+        let doc = self.doc(id)?;
+        let mut out = Vec::new();
+        for item in doc.am.map_range(doc.map("versions"), prefix_range(&fkey)) {
+            let vid = names::last_part(&item.key);
+            let rec = self
+                .read_version(id, &item.key)?
+                .ok_or_else(|| corrupt(id, &item.key, "vanished"))?;
+            let (cand, head) = match &state {
+                Some(s) => (
+                    s.candidates.iter().any(|(v, _)| v == vid),
+                    s.winner().0 == vid,
+                ),
+                None => (false, false),
+            };
+            out.push(view(vid, &rec, cand, head));
+        }
+        out.sort_by(|a, b| (a.created, &a.vid).cmp(&(b.created, &b.vid)));
+        Ok(out)
+    }
+
+    /// Files of `owner` with more than one head candidate, by name.
+    pub fn conflicts(&self, owner: &str) -> Result<Vec<ConflictView>, MetaError> {
+        names::validate_user(owner)?;
+        let prefix_len = owner.len() + 1;
+        let mut out = Vec::new();
+        for id in self.file_docs() {
+            for fkey in self.file_keys(id, Some(owner))? {
+                let Some(state) = self.head_state(id, &fkey)? else {
+                    continue;
+                };
+                if state.candidates.len() < 2 {
+                    continue;
+                }
+                let mut candidates: Vec<_> =
+                    (0..state.candidates.len()).map(|i| state.view(i)).collect();
+                candidates.sort_by(|a, b| {
+                    (b.is_head, b.created, &b.vid).cmp(&(a.is_head, a.created, &a.vid))
+                });
+                out.push(ConflictView {
+                    name: fkey[prefix_len..].to_owned(),
+                    winner: state.winner().0.clone(),
+                    candidates,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Every chunk referenced by a retained version (heads, losers, old versions, tombstoned
+    /// files' versions; not purged ones), with its length. What GC must keep.
+    pub fn live_chunks(&self) -> Result<BTreeMap<ChunkHash, u64>, MetaError> {
+        let mut out = BTreeMap::new();
+        for id in self.file_docs() {
+            let doc = self.doc(id)?;
+            for item in doc.am.map_range(doc.map("versions"), ..) {
+                let bytes = match &item.value {
+                    automerge::ValueRef::Scalar(automerge::ScalarValueRef::Bytes(b)) => b,
+                    _ => return Err(corrupt(id, &item.key, "not bytes")),
+                };
+                let rec = VersionRecord::decode(bytes).map_err(|e| corrupt(id, &item.key, e))?;
+                for c in rec.chunks {
+                    out.insert(c.hash, c.len);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of live files, all owners.
+    pub fn file_count(&self) -> Result<usize, MetaError> {
+        let mut n = 0;
+        for id in self.file_docs() {
+            for fkey in self.file_keys(id, None)? {
+                if let Some(s) = self.head_state(id, &fkey)?
+                    && !s.winner().1.deleted
+                {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Drop every trace (versions, head, tags) of deleted files whose tombstone is the only
+    /// head candidate and is older than the trash retention. A live file, or a deleted file
+    /// still in conflict, is never touched. A write racing with the purge on another replica
+    /// survives it: its put on `heads` beats the purge's delete.
+    pub fn purge_expired(&mut self, wall_ms: u64) -> Result<PurgeOutcome, MetaError> {
+        let retention = self.settings()?.trash_retention_ms;
+        let mut outcome = PurgeOutcome::default();
+        for id in self.file_docs().collect::<Vec<_>>() {
+            let mut doomed = Vec::new();
+            for fkey in self.file_keys(id, None)? {
+                let Some(s) = self.head_state(id, &fkey)? else {
+                    continue;
+                };
+                let tomb = &s.winner().1;
+                if s.candidates.len() == 1
+                    && tomb.deleted
+                    && tomb.created.wall_ms().saturating_add(retention) <= wall_ms
+                {
+                    doomed.push(fkey);
+                }
+            }
+            if doomed.is_empty() {
+                continue;
+            }
+            let doc = self.doc(id)?;
+            let mut versions = Vec::new();
+            let mut tags = Vec::new();
+            for fkey in &doomed {
+                versions.extend(
+                    doc.am
+                        .map_range(doc.map("versions"), prefix_range(fkey))
+                        .map(|i| i.key.into_owned()),
+                );
+                tags.extend(
+                    doc.am
+                        .map_range(doc.map("tags"), prefix_range(fkey))
+                        .map(|i| i.key.into_owned()),
+                );
+            }
+            let time = self.clock.tick(wall_ms);
+            let ((), commit) = self.commit(id, time, |tx, m| {
+                for k in &versions {
+                    tx.delete(m.get("versions"), k.as_str())?;
+                }
+                for k in &tags {
+                    tx.delete(m.get("tags"), k.as_str())?;
+                }
+                for k in &doomed {
+                    tx.delete(m.get("heads"), k.as_str())?;
+                }
+                Ok(())
+            })?;
+            outcome.files += doomed.len();
+            outcome.versions += versions.len();
+            outcome.commits.push(commit);
+        }
+        Ok(outcome)
+    }
+}

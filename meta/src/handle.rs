@@ -1,0 +1,125 @@
+//! The one owner of the metadata store, and the cloneable handle everything else uses.
+//!
+//! [`MetaStore`] is deliberately not shared: one dedicated thread owns it and runs jobs sent
+//! over a bounded channel, one at a time, so no document is ever touched concurrently and no
+//! lock is held across an await. Every commit a job produces is pushed to the replication
+//! outbox (bounded; if replication falls behind, the commit is still durable and anti-entropy
+//! delivers it later), so callers cannot forget to replicate.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::MetaError;
+use crate::store::{Commit, MetaStore};
+
+/// Jobs waiting for the owner thread.
+pub const JOB_QUEUE: usize = 1024;
+/// Commits waiting for the replication task.
+pub const OUTBOX: usize = 4096;
+
+type Job = Box<dyn FnOnce(&mut MetaStore, &mut Vec<Commit>) + Send>;
+
+/// The owner thread has stopped (shutdown or a panic in a job).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the metadata store has stopped")]
+pub struct Stopped;
+
+/// Cloneable access to the metadata store.
+#[derive(Clone)]
+pub struct MetaHandle {
+    jobs: mpsc::Sender<Job>,
+    dropped_commits: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for MetaHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaHandle").finish_non_exhaustive()
+    }
+}
+
+impl MetaHandle {
+    /// Starts the owner thread for `store`. Commits produced by jobs come out of the returned
+    /// receiver, for the replication task.
+    pub fn spawn(store: MetaStore) -> (MetaHandle, mpsc::Receiver<Commit>) {
+        let (jobs, mut rx) = mpsc::channel::<Job>(JOB_QUEUE);
+        let (out_tx, out_rx) = mpsc::channel(OUTBOX);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let dropped_in_thread = dropped.clone();
+        let spawned = std::thread::Builder::new()
+            .name("meta-owner".into())
+            .spawn(move || {
+                let mut store = store;
+                let mut commits = Vec::new();
+                while let Some(job) = rx.blocking_recv() {
+                    job(&mut store, &mut commits);
+                    for c in commits.drain(..) {
+                        if out_tx.try_send(c).is_err() {
+                            // Replication is behind or gone; the commit is durable locally
+                            // and anti-entropy will carry it.
+                            dropped_in_thread.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                if let Err(e) = store.compact_all() {
+                    tracing::warn!(error = %e, "compaction at shutdown failed");
+                }
+            });
+        if let Err(e) = spawned {
+            // Without the thread every call answers `Stopped`, which the service reports.
+            tracing::error!(error = %e, "cannot start the metadata owner thread");
+        }
+        (
+            MetaHandle {
+                jobs,
+                dropped_commits: dropped,
+            },
+            out_rx,
+        )
+    }
+
+    /// Runs a read-only or internal job on the owner thread and returns its result.
+    pub async fn call<R, F>(&self, f: F) -> Result<R, Stopped>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut MetaStore) -> R + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |store, _| {
+            let _ = tx.send(f(store));
+        });
+        self.jobs.send(job).await.map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Runs a mutation; the commits it returns are replicated.
+    pub async fn mutate<R, F>(&self, f: F) -> Result<R, MetaError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut MetaStore) -> Result<(R, Vec<Commit>), MetaError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |store, out| {
+            let result = f(store).map(|(r, commits)| {
+                out.extend(commits);
+                r
+            });
+            let _ = tx.send(result);
+        });
+        self.jobs.send(job).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Commits that could not be queued for replication (anti-entropy delivered them).
+    pub fn dropped_commits(&self) -> u64 {
+        self.dropped_commits.load(Ordering::Relaxed)
+    }
+}
+
+fn stopped() -> MetaError {
+    MetaError::Internal {
+        doc: "-".into(),
+        reason: Stopped.to_string(),
+    }
+}

@@ -1,0 +1,63 @@
+//! The controller's metadata core: every file version, tag, user and cluster setting, held in
+//! Automerge documents that replicate between controllers with no leader.
+//!
+//! Data flow: the service calls a [`store::MetaStore`] operation (say
+//! [`store::MetaStore::add_version`]); the store validates the input, ticks its hybrid logical
+//! clock ([`hlc`]), writes a flat record into a document ([`document`]), persists the change
+//! ([`storage`]) and returns a [`store::Commit`] for the replication layer to push. Peers
+//! apply commits and run anti-entropy sync through [`replica`]. Queries read the documents
+//! and pick each file's head among concurrent candidates with [`resolve`] (version vectors,
+//! [`vv`], then HLC, then origin).
+//!
+//! The store is pure with respect to time: every call that needs the wall clock takes
+//! `wall_ms`, so tests control time.
+//!
+//! Around the core, the running controller ([`node`]):
+//! - [`handle`]: one thread owns the store; everything else sends it jobs through a
+//!   [`handle::MetaHandle`], and every commit a job makes goes to replication.
+//! - [`replication`]: gossip push of each commit and per-peer anti-entropy over the p2p crate.
+//! - [`service`]: the gRPC client API (tokens from [`auth`]) and the chunkserver registry API,
+//!   which feeds the soft-state [`registry`] (liveness, usage, who holds which chunk).
+//! - [`repair`] plans ([`repair::plan`], with [`placement`] and [`rendezvous`] ownership)
+//!   and orders chunk copies; [`collector`] deletes orphans as [`gc`] plans them.
+//! - [`http`] serves Prometheus [`metrics`]; [`clock`] is the wall clock of the IO layer.
+
+pub mod auth;
+pub mod chunk_client;
+pub mod clock;
+pub mod cluster;
+pub mod collector;
+pub mod document;
+pub mod error;
+pub mod files;
+pub mod gc;
+pub mod handle;
+pub mod hlc;
+pub mod http;
+pub mod metrics;
+pub mod names;
+pub mod node;
+pub mod placement;
+pub mod record;
+pub mod registry;
+pub mod rendezvous;
+pub mod repair;
+pub mod replica;
+pub mod replication;
+pub mod resolve;
+pub mod service;
+pub mod storage;
+pub mod store;
+pub mod vv;
+
+pub use cluster::{ChunkserverView, ControllerView, ReplicationPolicy, Secret, Settings};
+pub use document::DocId;
+pub use error::MetaError;
+pub use files::{ConflictView, FileView, NewVersion, PurgeOutcome, VersionView};
+pub use hlc::{Clock, ClockError, Timestamp};
+pub use names::NodeId;
+pub use record::{ChunkHash, ChunkRef, ChunkserverState};
+pub use replica::ApplyOutcome;
+pub use storage::{DocStorage, MemStorage, RocksStorage, StorageError};
+pub use store::{Commit, Config, Limits, MetaStore, PasswordCost, Stats};
+pub use vv::{Causality, VersionVector};

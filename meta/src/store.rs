@@ -1,0 +1,338 @@
+//! [`MetaStore`]: the controller's metadata, owned by one task, and the plumbing every
+//! operation shares (opening, committing, persisting, compaction).
+//!
+//! The operations themselves live beside their data: `files` (versions, heads, tags),
+//! `cluster` (users, secrets, settings, membership) and `replica` (replication hooks).
+
+use std::collections::HashMap;
+
+use automerge::ChangeHash;
+
+use crate::document::{DocId, Document};
+use crate::error::MetaError;
+use crate::hlc::{Clock, DEFAULT_MAX_AHEAD_MS, Timestamp};
+use crate::names::NodeId;
+use crate::storage::DocStorage;
+
+/// Default number of `files/<k>` documents for a new cluster.
+pub const DEFAULT_SHARDS: u32 = 16;
+/// Largest shard count accepted.
+pub const MAX_SHARDS: u32 = 4096;
+
+const META_NODE_ID: &str = "node_id";
+const META_SHARDS: &str = "shards";
+const META_HLC: &str = "hlc";
+
+/// Argon2id cost for new password hashes (verification reads the cost from the hash).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PasswordCost {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl Default for PasswordCost {
+    /// The argon2 crate's defaults (OWASP: 19 MiB, 2 iterations, 1 lane).
+    fn default() -> Self {
+        PasswordCost {
+            memory_kib: argon2::Params::DEFAULT_M_COST,
+            iterations: argon2::Params::DEFAULT_T_COST,
+            parallelism: argon2::Params::DEFAULT_P_COST,
+        }
+    }
+}
+
+/// Size limits. Every queue and input is bounded.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest change batch `apply_changes` accepts, and largest sync message.
+    pub max_message_bytes: usize,
+    /// Changes waiting for dependencies, per document.
+    pub max_pending_changes: usize,
+    pub max_pending_bytes: usize,
+    /// Compact a document (new snapshot, increments dropped) after this many increments...
+    pub compact_after_increments: usize,
+    /// ...or this many increment bytes.
+    pub compact_after_bytes: usize,
+    /// Most chunks in one file version.
+    pub max_chunks_per_version: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 16 << 20,
+            max_pending_changes: 4096,
+            max_pending_bytes: 32 << 20,
+            compact_after_increments: 1000,
+            compact_after_bytes: 8 << 20,
+            max_chunks_per_version: 1 << 20,
+        }
+    }
+}
+
+/// How to open a [`MetaStore`].
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node_id: NodeId,
+    /// Shard count when creating a new store; an existing store keeps its own.
+    pub shards: u32,
+    /// How far ahead of our wall clock a remote HLC timestamp may be.
+    pub max_clock_ahead_ms: u64,
+    pub password_cost: PasswordCost,
+    pub limits: Limits,
+}
+
+impl Config {
+    pub fn new(node_id: NodeId) -> Self {
+        Config {
+            node_id,
+            shards: DEFAULT_SHARDS,
+            max_clock_ahead_ms: DEFAULT_MAX_AHEAD_MS,
+            password_cost: PasswordCost::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Counters for metrics and `status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Remote timestamps rejected as too far ahead of our clock.
+    pub clock_rejections: u64,
+    /// Pending changes dropped because a pending queue was full.
+    pub pending_dropped: u64,
+    /// Replicated changes Automerge refused (for example a reused actor sequence number).
+    pub changes_rejected: u64,
+    /// Changes currently waiting for dependencies, all documents.
+    pub pending: usize,
+}
+
+/// The result of a mutation, to replicate: push `changes` to peers (they pass it to
+/// `apply_changes`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Commit {
+    pub doc: DocId,
+    /// Concatenated raw Automerge changes (as `save_after` produces).
+    pub changes: Vec<u8>,
+    /// The document's heads after the commit.
+    pub heads: Vec<ChangeHash>,
+}
+
+/// The controller's metadata core. Not thread-safe by design: one task owns it.
+pub struct MetaStore {
+    pub(crate) config: Config,
+    pub(crate) clock: Clock,
+    pub(crate) storage: Box<dyn DocStorage>,
+    /// `docs[0]` is the cluster document, `docs[k + 1]` is `files/<k>`.
+    pub(crate) docs: Vec<Document>,
+    pub(crate) sync_states: HashMap<(String, DocId), automerge::sync::State>,
+    pub(crate) pending_dropped: u64,
+    pub(crate) changes_rejected: u64,
+}
+
+impl std::fmt::Debug for MetaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaStore")
+            .field("node", &self.config.node_id)
+            .field("shards", &self.shards())
+            .finish_non_exhaustive()
+    }
+}
+
+fn meta_u64(bytes: Option<Vec<u8>>, what: &str) -> Result<Option<u64>, MetaError> {
+    bytes
+        .map(|b| {
+            <[u8; 8]>::try_from(b.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| MetaError::CorruptDocument {
+                    doc: format!("meta:{what}"),
+                    reason: format!("{} bytes, expected 8", b.len()),
+                })
+        })
+        .transpose()
+}
+
+impl MetaStore {
+    /// Open the store kept in `storage`, creating every document from genesis on first start.
+    /// Each open is a new incarnation (fresh Automerge actors). Fails, naming the document, if
+    /// a stored document is corrupt.
+    pub fn open(mut storage: Box<dyn DocStorage>, config: Config) -> Result<Self, MetaError> {
+        match storage.get_meta(META_NODE_ID)? {
+            Some(stored) if stored != config.node_id.as_str().as_bytes() => {
+                return Err(MetaError::NodeMismatch {
+                    stored: String::from_utf8_lossy(&stored).into_owned(),
+                    given: config.node_id.to_string(),
+                });
+            }
+            Some(_) => {}
+            None => storage.put_meta(META_NODE_ID, config.node_id.as_str().as_bytes())?,
+        }
+        let shards = match meta_u64(storage.get_meta(META_SHARDS)?, META_SHARDS)? {
+            Some(s) => u32::try_from(s).unwrap_or(u32::MAX),
+            None => {
+                storage.put_meta(META_SHARDS, &u64::from(config.shards).to_be_bytes())?;
+                config.shards
+            }
+        };
+        if shards == 0 || shards > MAX_SHARDS {
+            return Err(MetaError::invalid(
+                "shards",
+                format!("{shards} is not in 1..={MAX_SHARDS}"),
+            ));
+        }
+        let high_water = meta_u64(storage.get_meta(META_HLC)?, META_HLC)?.unwrap_or(0);
+        let clock = Clock::resume(Timestamp(high_water), config.max_clock_ahead_ms);
+
+        let ids = std::iter::once(DocId::Cluster).chain((0..shards).map(DocId::Files));
+        let mut docs = Vec::with_capacity(shards as usize + 1);
+        for id in ids {
+            let name = id.to_string();
+            let (doc, fresh) = Document::open(id, storage.load(&name)?)?;
+            if fresh {
+                storage.compact(&name, &doc.am.save())?;
+            }
+            docs.push(doc);
+        }
+        Ok(MetaStore {
+            config,
+            clock,
+            storage,
+            docs,
+            sync_states: HashMap::new(),
+            pending_dropped: 0,
+            changes_rejected: 0,
+        })
+    }
+
+    /// Give the storage back (tests reopen a store from it to simulate a restart).
+    pub fn into_storage(self) -> Box<dyn DocStorage> {
+        self.storage
+    }
+
+    pub fn node_id(&self) -> &NodeId {
+        &self.config.node_id
+    }
+
+    /// Number of `files/<k>` documents.
+    pub fn shards(&self) -> u32 {
+        (self.docs.len() - 1) as u32
+    }
+
+    /// The HLC high-water mark (persisted with every commit).
+    pub fn clock_high_water(&self) -> Timestamp {
+        self.clock.high_water()
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            clock_rejections: self.clock.rejected(),
+            pending_dropped: self.pending_dropped,
+            changes_rejected: self.changes_rejected,
+            pending: self.docs.iter().map(Document::pending).sum(),
+        }
+    }
+
+    pub(crate) fn slot(&self, id: DocId) -> Result<usize, MetaError> {
+        match id {
+            DocId::Cluster => Ok(0),
+            DocId::Files(k) if k < self.shards() => Ok(k as usize + 1),
+            DocId::Files(_) => Err(MetaError::UnknownDocument(id.to_string())),
+        }
+    }
+
+    pub(crate) fn doc(&self, id: DocId) -> Result<&Document, MetaError> {
+        Ok(&self.docs[self.slot(id)?])
+    }
+
+    pub(crate) fn doc_mut(&mut self, id: DocId) -> Result<&mut Document, MetaError> {
+        let slot = self.slot(id)?;
+        Ok(&mut self.docs[slot])
+    }
+
+    /// Write what `id` has that storage lacks, as one synced increment with the HLC high-water
+    /// mark; compact when the increments grow past the limits. `None` if nothing was new.
+    ///
+    /// If the write fails the in-memory document keeps the change and the next successful
+    /// persist writes it (the heads marker only moves on success).
+    pub(crate) fn persist(&mut self, id: DocId) -> Result<Option<Commit>, MetaError> {
+        let high_water = self.clock.high_water().0.to_be_bytes();
+        let slot = self.slot(id)?;
+        let doc = &mut self.docs[slot];
+        let bytes = doc.am.save_after(&doc.persisted_heads);
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        self.storage
+            .append(&id.to_string(), &bytes, &[(META_HLC, &high_water)])?;
+        doc.persisted_heads = doc.am.get_heads();
+        doc.increments += 1;
+        doc.increment_bytes += bytes.len();
+        let heads = doc.persisted_heads.clone();
+        let limits = self.config.limits;
+        if doc.increments >= limits.compact_after_increments
+            || doc.increment_bytes >= limits.compact_after_bytes
+        {
+            // The commit is already durable; a failed compaction only delays the next one.
+            if let Err(e) = self.compact(id) {
+                tracing::warn!(doc = %id, error = %e, "compaction failed");
+            }
+        }
+        Ok(Some(Commit {
+            doc: id,
+            changes: bytes,
+            heads,
+        }))
+    }
+
+    /// Replace `id`'s stored increments by one snapshot. Runs inline when the thresholds trip;
+    /// the service may also call it from a background worker.
+    pub fn compact(&mut self, id: DocId) -> Result<(), MetaError> {
+        let slot = self.slot(id)?;
+        let doc = &mut self.docs[slot];
+        let snapshot = doc.am.save();
+        self.storage.compact(&id.to_string(), &snapshot)?;
+        doc.persisted_heads = doc.am.get_heads();
+        doc.increments = 0;
+        doc.increment_bytes = 0;
+        Ok(())
+    }
+
+    /// Compact every document.
+    pub fn compact_all(&mut self) -> Result<(), MetaError> {
+        for id in self.docs() {
+            self.compact(id)?;
+        }
+        Ok(())
+    }
+
+    /// Observe a client's causal context (if any), then tick: the timestamp for a new commit.
+    pub(crate) fn next_timestamp(
+        &mut self,
+        wall_ms: u64,
+        after: Option<Timestamp>,
+    ) -> Result<Timestamp, MetaError> {
+        if let Some(after) = after {
+            self.clock.observe(after, wall_ms)?;
+        }
+        Ok(self.clock.tick(wall_ms))
+    }
+
+    /// Commit `f` on `id` at a fresh timestamp and persist it.
+    pub(crate) fn commit<R>(
+        &mut self,
+        id: DocId,
+        time: Timestamp,
+        f: impl FnOnce(
+            &mut automerge::transaction::Transaction<'_>,
+            &crate::document::MapIds<'_>,
+        ) -> Result<R, automerge::AutomergeError>,
+    ) -> Result<(R, Commit), MetaError> {
+        let r = self.doc_mut(id)?.transact(time.0, f)?;
+        let commit = self.persist(id)?.ok_or_else(|| MetaError::Internal {
+            doc: id.to_string(),
+            reason: "a commit produced no change".into(),
+        })?;
+        Ok((r, commit))
+    }
+}

@@ -1,0 +1,136 @@
+//! Helpers shared by the integration tests: cheap configs, replicas, sync and convergence
+//! checks.
+#![allow(dead_code)]
+
+use redcloud_meta::{
+    Commit, Config, DocStorage, MemStorage, MetaStore, NewVersion, NodeId, PasswordCost,
+};
+
+/// Test wall clock origin (2023-11-14).
+pub const T0: u64 = 1_700_000_000_000;
+
+pub fn config(node: &str, shards: u32) -> Config {
+    let mut c = Config::new(NodeId::new(node).unwrap());
+    c.shards = shards;
+    // Cheap hashes keep property tests fast; production uses the argon2 defaults.
+    c.password_cost = PasswordCost {
+        memory_kib: 8,
+        iterations: 1,
+        parallelism: 1,
+    };
+    c
+}
+
+pub fn mem_store(node: &str, shards: u32) -> MetaStore {
+    MetaStore::open(Box::new(MemStorage::new()), config(node, shards)).unwrap()
+}
+
+pub fn reopen(store: MetaStore) -> MetaStore {
+    let config = store_config(&store);
+    let storage: Box<dyn DocStorage> = store.into_storage();
+    MetaStore::open(storage, config).unwrap()
+}
+
+pub fn store_config(store: &MetaStore) -> Config {
+    config(store.node_id().as_str(), store.shards())
+}
+
+/// A version whose content is derived from `seed`.
+pub fn version(seed: u8, tags: &[&str]) -> NewVersion {
+    NewVersion {
+        size: 300 + u64::from(seed),
+        blake3: [seed; 32],
+        chunks: vec![
+            ([seed; 32], 100),
+            ([seed.wrapping_add(100); 32], 200 + u64::from(seed)),
+        ],
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+    }
+}
+
+pub fn tags(t: &[&str]) -> Vec<String> {
+    t.iter().map(|s| s.to_string()).collect()
+}
+
+pub fn deliver(to: &mut MetaStore, commit: &Commit, wall_ms: u64) {
+    to.apply_changes(commit.doc, &commit.changes, wall_ms)
+        .unwrap();
+}
+
+/// Run the sync protocol between `a` and `b` on every document until neither has a message.
+pub fn sync_pair(a: &mut MetaStore, b: &mut MetaStore, wall_ms: u64) {
+    let (an, bn) = (a.node_id().to_string(), b.node_id().to_string());
+    for doc in a.docs() {
+        let mut quiet = false;
+        for _ in 0..64 {
+            let m1 = a.generate_sync_message(doc, &bn).unwrap();
+            if let Some(m) = &m1 {
+                b.receive_sync_message(doc, &an, m, wall_ms).unwrap();
+            }
+            let m2 = b.generate_sync_message(doc, &an).unwrap();
+            if let Some(m) = &m2 {
+                a.receive_sync_message(doc, &bn, m, wall_ms).unwrap();
+            }
+            if m1.is_none() && m2.is_none() {
+                quiet = true;
+                break;
+            }
+        }
+        assert!(
+            quiet,
+            "sync of {doc} between {an} and {bn} did not settle in 64 rounds"
+        );
+    }
+}
+
+/// Full pairwise sync until every replica has the same digest (bounded rounds).
+pub fn sync_all(replicas: &mut [MetaStore], wall_ms: u64) {
+    for _round in 0..4 {
+        for i in 0..replicas.len() {
+            for j in (i + 1)..replicas.len() {
+                let (left, right) = replicas.split_at_mut(j);
+                sync_pair(&mut left[i], &mut right[0], wall_ms);
+            }
+        }
+        let d = replicas[0].digest();
+        if replicas.iter().all(|r| r.digest() == d) {
+            return;
+        }
+    }
+    panic!("replicas did not converge after 4 rounds of full pairwise sync");
+}
+
+/// Every replica shows the same heads, digest and materialized state.
+pub fn assert_converged(replicas: &[MetaStore], owners: &[&str], names: &[&str]) {
+    let first = &replicas[0];
+    for r in &replicas[1..] {
+        for doc in first.docs() {
+            assert_eq!(
+                first.heads(doc).unwrap(),
+                r.heads(doc).unwrap(),
+                "heads of {doc}"
+            );
+        }
+        assert_eq!(first.digest(), r.digest());
+        assert_eq!(first.users().unwrap(), r.users().unwrap());
+        assert_eq!(first.live_chunks().unwrap(), r.live_chunks().unwrap());
+        assert_eq!(first.file_count().unwrap(), r.file_count().unwrap());
+        assert_eq!(first.secrets().unwrap(), r.secrets().unwrap());
+        assert_eq!(first.chunkservers().unwrap(), r.chunkservers().unwrap());
+        for owner in owners {
+            assert_eq!(first.list(owner, &[]).unwrap(), r.list(owner, &[]).unwrap());
+            assert_eq!(first.conflicts(owner).unwrap(), r.conflicts(owner).unwrap());
+            for name in names {
+                assert_eq!(
+                    first.history(owner, name).unwrap(),
+                    r.history(owner, name).unwrap(),
+                    "history of {owner}/{name}"
+                );
+                assert_eq!(
+                    first.file(owner, name).unwrap(),
+                    r.file(owner, name).unwrap()
+                );
+            }
+        }
+    }
+}

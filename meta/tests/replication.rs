@@ -1,0 +1,348 @@
+//! In-process clusters of real controllers on 127.0.0.1: replication over libp2p (gossip and
+//! anti-entropy), late joiners, partitions made with the block list, oversized changes and a
+//! peer that sends garbage. Every wait is bounded and reports what it saw when it fails.
+
+use std::time::{Duration, Instant};
+
+use redcloud_meta::files::NewVersion;
+use redcloud_meta::node::{self, Controller, ControllerConfig};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Node {
+    ctl: Controller,
+    p2p: String,
+    _dir: TempDir,
+}
+
+async fn start(bootstrap: Vec<String>) -> Node {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = ControllerConfig {
+        data_dir: dir.path().to_path_buf(),
+        cluster: "test".into(),
+        p2p_listen: "/ip4/127.0.0.1/tcp/0".into(),
+        bootstrap,
+        mdns: false,
+        sync_interval: Duration::from_millis(300),
+        ..ControllerConfig::default()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let ctl = node::start(config, listener)
+        .await
+        .expect("controller starts");
+    let addrs = ctl.net.listen_addrs().await.expect("listen addrs");
+    let p2p = format!("{}/p2p/{}", addrs[0], ctl.shared.node_id);
+    Node {
+        ctl,
+        p2p,
+        _dir: dir,
+    }
+}
+
+async fn cluster(n: usize) -> Vec<Node> {
+    let first = start(Vec::new()).await;
+    let seed = first.p2p.clone();
+    let mut nodes = vec![first];
+    for _ in 1..n {
+        nodes.push(start(vec![seed.clone()]).await);
+    }
+    nodes
+}
+
+fn version(seed: u8, chunks: usize) -> NewVersion {
+    let chunks: Vec<([u8; 32], u64)> = (0..chunks)
+        .map(|i| {
+            let mut h = [seed; 32];
+            h[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            (h, 1)
+        })
+        .collect();
+    NewVersion {
+        size: chunks.len() as u64,
+        blake3: [seed; 32],
+        chunks,
+        tags: vec!["t".into()],
+    }
+}
+
+async fn register(node: &Node, user: &str) {
+    let user = user.to_owned();
+    node.ctl
+        .shared
+        .meta
+        .mutate(move |s| Ok(((), vec![s.register_user(&user, "pw", 1)?])))
+        .await
+        .expect("register");
+}
+
+/// Adds a version on `node` and returns its version id.
+async fn write(node: &Node, user: &str, name: &str, v: NewVersion) -> String {
+    let (user, name) = (user.to_owned(), name.to_owned());
+    node.ctl
+        .shared
+        .meta
+        .mutate(move |s| {
+            let (view, c) = s.add_version(&user, &name, v, now(), None)?;
+            Ok((view.vid, vec![c]))
+        })
+        .await
+        .expect("write")
+}
+
+fn now() -> u64 {
+    redcloud_meta::clock::wall_ms()
+}
+
+async fn digest(node: &Node) -> [u8; 32] {
+    node.ctl
+        .shared
+        .meta
+        .call(|s| s.digest())
+        .await
+        .expect("digest")
+}
+
+/// Waits until every node has the same metadata digest.
+async fn converge(nodes: &[Node]) -> Duration {
+    let start = Instant::now();
+    loop {
+        let mut ds = Vec::new();
+        for n in nodes {
+            ds.push(digest(n).await);
+        }
+        if ds.windows(2).all(|w| w[0] == w[1]) {
+            return start.elapsed();
+        }
+        if start.elapsed() > CONVERGE_TIMEOUT {
+            let short: Vec<String> = ds.iter().map(|d| hex::encode(&d[..4])).collect();
+            panic!(
+                "no convergence after {:?}: digests {short:?}",
+                start.elapsed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What a user sees on a node: files, tags, winners, conflicts and full histories.
+async fn view(node: &Node, user: &str) -> String {
+    let user = user.to_owned();
+    node.ctl
+        .shared
+        .meta
+        .call(move |s| {
+            let files = s.list(&user, &[]).expect("list");
+            let mut out = String::new();
+            for f in &files {
+                let h = s.history(&user, &f.name).expect("history");
+                out += &format!(
+                    "{} head={} tags={:?} versions={:?}\n",
+                    f.name,
+                    f.head.vid,
+                    f.tags,
+                    h.iter().map(|v| &v.vid).collect::<Vec<_>>()
+                );
+            }
+            out += &format!("conflicts={:?}", s.conflicts(&user).expect("conflicts"));
+            out
+        })
+        .await
+        .expect("view")
+}
+
+async fn stop(nodes: Vec<Node>) {
+    for n in nodes {
+        n.ctl.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_controllers_converge_after_writes_on_each() {
+    let nodes = cluster(3).await;
+    register(&nodes[0], "alice").await;
+    for (i, n) in nodes.iter().enumerate() {
+        for j in 0..20 {
+            write(n, "alice", &format!("f{i}-{j}"), version(i as u8, 4)).await;
+        }
+    }
+    let took = converge(&nodes).await;
+    eprintln!("3 controllers converged {took:?} after the last write");
+    let first = view(&nodes[0], "alice").await;
+    assert_eq!(
+        first.lines().count(),
+        61,
+        "60 files and the conflicts line:\n{first}"
+    );
+    for n in &nodes[1..] {
+        assert_eq!(view(n, "alice").await, first);
+    }
+    stop(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_controllers_converge() {
+    let nodes = cluster(10).await;
+    register(&nodes[3], "bob").await;
+    for (i, n) in nodes.iter().enumerate() {
+        write(n, "bob", &format!("file-{i}"), version(i as u8, 2)).await;
+    }
+    let took = converge(&nodes).await;
+    eprintln!("10 controllers converged {took:?} after the last write");
+    let first = view(&nodes[0], "bob").await;
+    assert_eq!(first.lines().count(), 11, "{first}");
+    for n in &nodes[1..] {
+        assert_eq!(view(n, "bob").await, first);
+    }
+    stop(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_joiner_catches_up_on_a_large_state() {
+    let mut nodes = cluster(2).await;
+    register(&nodes[0], "carol").await;
+    for j in 0..2_000 {
+        write(&nodes[j % 2], "carol", &format!("doc-{j}"), version(7, 3)).await;
+    }
+    converge(&nodes).await;
+    let seed = nodes[0].p2p.clone();
+    let started = Instant::now();
+    nodes.push(start(vec![seed]).await);
+    converge(&nodes).await;
+    eprintln!(
+        "late joiner caught up on 2,000 files in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        view(&nodes[2], "carol").await,
+        view(&nodes[0], "carol").await
+    );
+    stop(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_with_writes_on_both_sides_heals_to_identical_winners() {
+    let nodes = cluster(3).await;
+    register(&nodes[0], "dave").await;
+    write(&nodes[0], "dave", "shared.txt", version(1, 2)).await;
+    converge(&nodes).await;
+
+    // Cut node 2 off from 0 and 1, both directions.
+    let (a, b, c) = (&nodes[0].ctl, &nodes[1].ctl, &nodes[2].ctl);
+    let (pa, pb, pc) = (
+        a.net.local_peer_id(),
+        b.net.local_peer_id(),
+        c.net.local_peer_id(),
+    );
+    a.net.block(pc).await.expect("block");
+    b.net.block(pc).await.expect("block");
+    c.net.block(pa).await.expect("block");
+    c.net.block(pb).await.expect("block");
+
+    let mut acked = Vec::new();
+    acked.push(write(&nodes[0], "dave", "shared.txt", version(2, 2)).await);
+    acked.push(write(&nodes[2], "dave", "shared.txt", version(3, 2)).await);
+    acked.push(write(&nodes[1], "dave", "left.txt", version(4, 2)).await);
+    acked.push(write(&nodes[2], "dave", "right.txt", version(5, 2)).await);
+    // Each side converges on its own.
+    converge(&nodes[..2]).await;
+    assert_ne!(digest(&nodes[0]).await, digest(&nodes[2]).await);
+
+    let healed = Instant::now();
+    a.net.unblock(pc).await.expect("unblock");
+    b.net.unblock(pc).await.expect("unblock");
+    c.net.unblock(pa).await.expect("unblock");
+    c.net.unblock(pb).await.expect("unblock");
+    converge(&nodes).await;
+    eprintln!("partition healed in {:?}", healed.elapsed());
+
+    let seen = view(&nodes[0], "dave").await;
+    for n in &nodes[1..] {
+        assert_eq!(
+            view(n, "dave").await,
+            seen,
+            "same files, winners and conflicts"
+        );
+    }
+    for vid in &acked {
+        assert!(
+            seen.contains(vid.as_str()),
+            "acknowledged version {vid} missing:\n{seen}"
+        );
+    }
+    let conflicts = nodes[0]
+        .ctl
+        .shared
+        .meta
+        .call(|s| s.conflicts("dave"))
+        .await
+        .expect("call")
+        .expect("conflicts");
+    assert_eq!(
+        conflicts.len(),
+        1,
+        "concurrent writes to shared.txt conflict"
+    );
+    assert_eq!(conflicts[0].name, "shared.txt");
+    assert_eq!(conflicts[0].candidates.len(), 2);
+    stop(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_larger_than_a_gossip_message_still_arrives() {
+    let nodes = cluster(2).await;
+    register(&nodes[0], "erin").await;
+    converge(&nodes).await;
+    // 3,000 chunks of 36+ bytes each: well over the 64 KiB gossip limit.
+    let vid = write(&nodes[0], "erin", "big.bin", version(9, 3_000)).await;
+    converge(&nodes).await;
+    let seen = view(&nodes[1], "erin").await;
+    assert!(seen.contains(&vid), "{seen}");
+    stop(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_garbage_is_rejected_and_the_rest_keep_working() {
+    let nodes = cluster(2).await;
+    // A hostile node of the same cluster, speaking the protocols with random bytes.
+    let key = redcloud_p2p::Keypair::generate_ed25519();
+    let mut cfg = redcloud_p2p::Config::new("test", key);
+    cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")];
+    cfg.bootstrap = vec![nodes[0].p2p.clone()];
+    cfg.mdns = false;
+    let (evil, _events) = redcloud_p2p::spawn(cfg).await.expect("spawn");
+    let target = nodes[0].ctl.net.local_peer_id();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !evil.peers().await.expect("peers").contains(&target) {
+        assert!(Instant::now() < deadline, "hostile peer never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut junk = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    for i in 0..20 {
+        let _ = evil.publish(junk(100 + i * 37)).await;
+        let answer = evil.request(target, junk(50 + i * 11)).await;
+        assert!(
+            answer.is_ok(),
+            "a malformed request gets an error answer, not a hang"
+        );
+    }
+    register(&nodes[0], "frank").await;
+    let vid = write(&nodes[1], "frank", "after-garbage", version(3, 2)).await;
+    converge(&nodes).await;
+    assert!(view(&nodes[0], "frank").await.contains(&vid));
+    let rejected = nodes[0].ctl.shared.metrics.rejected_messages.get();
+    assert!(rejected > 0, "garbage was counted as rejected");
+    evil.shutdown().await.expect("shutdown");
+    stop(nodes).await;
+}
