@@ -17,13 +17,20 @@
 //!   bit rot is found (and the bad copy dropped) before anyone needs the chunk.
 //! - **Report**: `Info` gives capacity, usage, chunk count, the inventory digest (XOR of all
 //!   ids) and scrub counters; [`metrics::Metrics`] counts the rest.
+//! - **Heartbeat**: [`store::TrackedStore`] wraps the store and records every chunk added or
+//!   removed in a bounded [`inventory_log`]; [`heartbeat::HeartbeatWorker`] sends each
+//!   controller, every couple of seconds, the totals, the digest and the changes since the
+//!   report that controller last acknowledged, and learns the other controllers from the
+//!   answers.
 //!
 //! [`error`] is the one place store errors become gRPC statuses. [`run`] is the entry point
 //! of `redcloud chunkserver`: it takes an already-bound listener and a shutdown future.
 
 pub mod client;
 pub mod error;
+pub mod heartbeat;
 pub mod id;
+pub mod inventory_log;
 pub mod metrics;
 pub mod node;
 pub mod scrub;
@@ -36,4 +43,5 @@ pub use node::ChunkserverConfig;
 pub use server::{Chunkserver, run};
 pub use store::{
     ChunkStore, Deletion, MemoryStore, PutOutcome, RocksOptions, RocksStore, StoreError,
+    TrackedStore,
 };

@@ -1,5 +1,5 @@
-//! The chunkserver's counters: updated by the service and the scrub worker, read by `Info`
-//! and rendered in the Prometheus text format.
+//! The chunkserver's counters: updated by the service and the scrub and heartbeat workers,
+//! read by `Info` and rendered in the Prometheus text format.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,6 +72,10 @@ pub struct Metrics {
     pub scrub_corrupt_found: AtomicU64,
     /// Complete scrub passes over the store.
     pub scrub_passes_completed: AtomicU64,
+    /// Heartbeats a controller acknowledged.
+    pub heartbeats_sent: AtomicU64,
+    /// Heartbeats that failed or timed out.
+    pub heartbeats_failed: AtomicU64,
 }
 
 /// Adds `n` to a counter.
@@ -114,7 +118,7 @@ impl Metrics {
 
     /// The counters plus the store's totals in the Prometheus text exposition format.
     pub fn render_prometheus(&self, stats: &StoreStats) -> String {
-        let counters: [(&str, &str, &AtomicU64); 12] = [
+        let counters: [(&str, &str, &AtomicU64); 14] = [
             (
                 "chunks_written",
                 "Chunks newly stored.",
@@ -166,6 +170,16 @@ impl Metrics {
                 "scrub_passes_completed",
                 "Complete scrub passes.",
                 &self.scrub_passes_completed,
+            ),
+            (
+                "heartbeats_sent",
+                "Heartbeats acknowledged by a controller.",
+                &self.heartbeats_sent,
+            ),
+            (
+                "heartbeats_failed",
+                "Heartbeats that failed or timed out.",
+                &self.heartbeats_failed,
             ),
         ];
         let mut out = String::new();

@@ -4,7 +4,10 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use crate::heartbeat::DEFAULT_HEARTBEAT_INTERVAL;
+use crate::inventory_log::DEFAULT_INVENTORY_LOG_CAPACITY;
 use crate::scrub::DEFAULT_SCRUB_RATE;
 
 /// Default address to listen on.
@@ -15,6 +18,12 @@ pub const DEFAULT_ZONE: &str = "default";
 pub const NODE_ID_FILE: &str = "node-id";
 /// Directory in the data directory holding the RocksDB store.
 pub const STORE_DIR: &str = "chunks";
+/// Shortest heartbeat interval accepted.
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(10);
+/// Longest heartbeat interval accepted.
+pub const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(600);
+/// Largest inventory log accepted (about 1 GB of memory).
+pub const MAX_INVENTORY_LOG_CAPACITY: usize = 10_000_000;
 
 /// Who this chunkserver is, as reported by `Info`.
 #[derive(Debug, Clone)]
@@ -36,8 +45,14 @@ pub struct ChunkserverConfig {
     pub listen: SocketAddr,
     /// `host:port` that clients and controllers should dial; detected when `None`.
     pub advertise: Option<String>,
-    /// Controllers to report to (`host:port`). Stored for the heartbeat; may be empty.
+    /// Controllers to heartbeat (`host:port`); more are learned from their answers. Empty:
+    /// no heartbeat.
     pub controllers: Vec<String>,
+    /// Time between heartbeats to each controller.
+    pub heartbeat_interval: Duration,
+    /// Inventory changes remembered for the heartbeat's deltas; a controller further behind
+    /// pulls the whole inventory instead.
+    pub inventory_log_capacity: usize,
     /// Failure zone, for placement.
     pub zone: String,
     /// Most chunk bytes to store; `None`: the free space of the data directory's filesystem.
@@ -66,6 +81,8 @@ impl ChunkserverConfig {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             advertise: None,
             controllers: Vec::new(),
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            inventory_log_capacity: DEFAULT_INVENTORY_LOG_CAPACITY,
             zone: DEFAULT_ZONE.to_owned(),
             capacity: None,
             scrub_rate: DEFAULT_SCRUB_RATE,
@@ -100,6 +117,21 @@ impl ChunkserverConfig {
         {
             return bad("advertise", "must be host:port");
         }
+        if !(MIN_HEARTBEAT_INTERVAL..=MAX_HEARTBEAT_INTERVAL).contains(&self.heartbeat_interval) {
+            return Err(ConfigError {
+                field: "heartbeat_interval",
+                problem: format!(
+                    "{:?} is outside {MIN_HEARTBEAT_INTERVAL:?}..={MAX_HEARTBEAT_INTERVAL:?}",
+                    self.heartbeat_interval
+                ),
+            });
+        }
+        if !(1..=MAX_INVENTORY_LOG_CAPACITY).contains(&self.inventory_log_capacity) {
+            return Err(ConfigError {
+                field: "inventory_log_capacity",
+                problem: format!("must be between 1 and {MAX_INVENTORY_LOG_CAPACITY}"),
+            });
+        }
         if let Some(c) = self.controllers.iter().find(|c| !is_host_port(c)) {
             return Err(ConfigError {
                 field: "controllers",
@@ -118,7 +150,8 @@ fn is_token(text: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
-fn is_host_port(text: &str) -> bool {
+/// Whether `text` looks like `host:port`.
+pub(crate) fn is_host_port(text: &str) -> bool {
     text.rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
@@ -204,13 +237,20 @@ mod tests {
     fn validation_names_the_bad_field() {
         let base = ChunkserverConfig::new("/tmp/x");
         type Spoil = fn(&mut ChunkserverConfig);
-        let cases: [(&str, Spoil); 6] = [
+        let cases: [(&str, Spoil); 9] = [
             ("data_dir", |c| c.data_dir = PathBuf::new()),
             ("zone", |c| c.zone = "eu west".into()),
             ("capacity", |c| c.capacity = Some(0)),
             ("id", |c| c.id = Some(String::new())),
             ("advertise", |c| c.advertise = Some("nohost".into())),
             ("controllers", |c| c.controllers = vec!["c1:99999".into()]),
+            ("heartbeat_interval", |c| {
+                c.heartbeat_interval = Duration::ZERO
+            }),
+            ("heartbeat_interval", |c| {
+                c.heartbeat_interval = Duration::from_secs(3600);
+            }),
+            ("inventory_log_capacity", |c| c.inventory_log_capacity = 0),
         ];
         for (field, spoil) in cases {
             let mut config = base.clone();

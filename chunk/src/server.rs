@@ -1,5 +1,6 @@
-//! Starting and stopping a chunkserver: open the store, start the scrub worker, serve gRPC
-//! on a listener the caller bound, and wind everything down when `shutdown` resolves.
+//! Starting and stopping a chunkserver: open the store, start the scrub and heartbeat
+//! workers, serve gRPC on a listener the caller bound, and wind everything down when
+//! `shutdown` resolves.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,11 +14,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use crate::heartbeat::{HeartbeatConfig, HeartbeatWorker};
+use crate::inventory_log::DEFAULT_INVENTORY_LOG_CAPACITY;
 use crate::metrics::Metrics;
 use crate::node::{self, ChunkserverConfig, NodeIdentity, STORE_DIR};
 use crate::scrub::{ScrubConfig, ScrubWorker};
 use crate::service::ChunkServiceImpl;
-use crate::store::{ChunkStore, RocksOptions, RocksStore};
+use crate::store::{ChunkStore, RocksOptions, RocksStore, TrackedStore};
 
 /// Concurrent requests per HTTP/2 connection.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
@@ -26,21 +29,42 @@ pub const SERVER_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A chunkserver ready to serve: a store, its identity and its background work.
 pub struct Chunkserver {
-    store: Arc<dyn ChunkStore>,
+    store: Arc<TrackedStore>,
     metrics: Arc<Metrics>,
     node: NodeIdentity,
     scrub: ScrubConfig,
+    heartbeat: HeartbeatConfig,
 }
 
 impl Chunkserver {
-    /// A chunkserver over `store`, known to others as `node`.
+    /// A chunkserver over `store` (wrapped in a [`TrackedStore`] with the default log
+    /// capacity), known to others as `node`, reporting to no controller.
     pub fn new(store: Arc<dyn ChunkStore>, node: NodeIdentity, scrub: ScrubConfig) -> Self {
+        let tracked = TrackedStore::new(store, DEFAULT_INVENTORY_LOG_CAPACITY);
+        Self::tracked(Arc::new(tracked), node, scrub)
+    }
+
+    /// A chunkserver over an already tracked store. Every change must go through `store`
+    /// (not the store it wraps), or the heartbeat's deltas miss it.
+    pub fn tracked(store: Arc<TrackedStore>, node: NodeIdentity, scrub: ScrubConfig) -> Self {
         Self {
             store,
             metrics: Arc::new(Metrics::default()),
             node,
             scrub,
+            heartbeat: HeartbeatConfig::new(Vec::new()),
         }
+    }
+
+    /// Reports to the controllers in `config` (none: no heartbeat).
+    pub fn with_heartbeat(mut self, config: HeartbeatConfig) -> Self {
+        self.heartbeat = config;
+        self
+    }
+
+    /// The store the server writes through, with its change log.
+    pub fn store(&self) -> Arc<TrackedStore> {
+        self.store.clone()
     }
 
     /// The live counters (also reported by `Info` and `Metrics::render_prometheus`).
@@ -49,7 +73,7 @@ impl Chunkserver {
     }
 
     /// Serves `ChunkService` on `listener` until `shutdown` resolves, then drains open
-    /// requests and stops the scrub worker.
+    /// requests and stops the scrub and heartbeat workers.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -63,6 +87,13 @@ impl Chunkserver {
             self.store.clone(),
             self.metrics.clone(),
             self.scrub,
+            stop.clone(),
+        );
+        let heartbeat = HeartbeatWorker::spawn(
+            self.store.clone(),
+            self.metrics.clone(),
+            self.node.clone(),
+            self.heartbeat,
             stop.clone(),
         );
         tracing::info!(id = %self.node.id, %local, address = %self.node.address, "chunkserver serving");
@@ -82,6 +113,7 @@ impl Chunkserver {
             .await;
         stop.cancel();
         let _ = scrub.await;
+        let _ = heartbeat.await;
         tracing::info!(%local, "chunkserver stopped");
         served.with_context(|| format!("serving ChunkService on {local}"))
     }
@@ -116,15 +148,17 @@ pub async fn run(
         address: node::advertised_address(config.advertise.as_deref(), local),
         zone: config.zone.clone(),
     };
-    if !config.controllers.is_empty() {
-        // Reporting to controllers arrives with the heartbeat; until then they are only logged.
-        tracing::info!(controllers = ?config.controllers, "controllers configured");
-    }
     let scrub = ScrubConfig {
         rate_bytes_per_sec: config.scrub_rate,
         ..ScrubConfig::default()
     };
-    Chunkserver::new(Arc::new(store), node, scrub)
+    let store = TrackedStore::new(Arc::new(store), config.inventory_log_capacity);
+    let heartbeat = HeartbeatConfig {
+        interval: config.heartbeat_interval,
+        ..HeartbeatConfig::new(config.controllers)
+    };
+    Chunkserver::tracked(Arc::new(store), node, scrub)
+        .with_heartbeat(heartbeat)
         .serve(listener, shutdown)
         .await
 }

@@ -21,6 +21,12 @@ pub const OUTBOX: usize = 4096;
 
 type Job = Box<dyn FnOnce(&mut MetaStore, &mut Vec<Commit>) + Send>;
 
+enum Msg {
+    Job(Job),
+    /// Close the store (compacting it) and end the thread.
+    Stop,
+}
+
 /// The owner thread has stopped (shutdown or a panic in a job).
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the metadata store has stopped")]
@@ -29,8 +35,9 @@ pub struct Stopped;
 /// Cloneable access to the metadata store.
 #[derive(Clone)]
 pub struct MetaHandle {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Msg>,
     dropped_commits: Arc<AtomicU64>,
+    thread: Arc<parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl std::fmt::Debug for MetaHandle {
@@ -43,7 +50,7 @@ impl MetaHandle {
     /// Starts the owner thread for `store`. Commits produced by jobs come out of the returned
     /// receiver, for the replication task.
     pub fn spawn(store: MetaStore) -> (MetaHandle, mpsc::Receiver<Commit>) {
-        let (jobs, mut rx) = mpsc::channel::<Job>(JOB_QUEUE);
+        let (jobs, mut rx) = mpsc::channel::<Msg>(JOB_QUEUE);
         let (out_tx, out_rx) = mpsc::channel(OUTBOX);
         let dropped = Arc::new(AtomicU64::new(0));
         let dropped_in_thread = dropped.clone();
@@ -52,7 +59,7 @@ impl MetaHandle {
             .spawn(move || {
                 let mut store = store;
                 let mut commits = Vec::new();
-                while let Some(job) = rx.blocking_recv() {
+                while let Some(Msg::Job(job)) = rx.blocking_recv() {
                     job(&mut store, &mut commits);
                     for c in commits.drain(..) {
                         if out_tx.try_send(c).is_err() {
@@ -66,14 +73,19 @@ impl MetaHandle {
                     tracing::warn!(error = %e, "compaction at shutdown failed");
                 }
             });
-        if let Err(e) = spawned {
-            // Without the thread every call answers `Stopped`, which the service reports.
-            tracing::error!(error = %e, "cannot start the metadata owner thread");
-        }
+        let thread = match spawned {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // Without the thread every call answers `Stopped`, which the service reports.
+                tracing::error!(error = %e, "cannot start the metadata owner thread");
+                None
+            }
+        };
         (
             MetaHandle {
                 jobs,
                 dropped_commits: dropped,
+                thread: Arc::new(parking_lot::Mutex::new(thread)),
             },
             out_rx,
         )
@@ -89,7 +101,7 @@ impl MetaHandle {
         let job: Job = Box::new(move |store, _| {
             let _ = tx.send(f(store));
         });
-        self.jobs.send(job).await.map_err(|_| Stopped)?;
+        self.jobs.send(Msg::Job(job)).await.map_err(|_| Stopped)?;
         rx.await.map_err(|_| Stopped)
     }
 
@@ -107,8 +119,18 @@ impl MetaHandle {
             });
             let _ = tx.send(result);
         });
-        self.jobs.send(job).await.map_err(|_| stopped())?;
+        self.jobs.send(Msg::Job(job)).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
+    }
+
+    /// Closes the store and waits for the owner thread to end: the database is flushed and
+    /// closed before the process exits. Later calls on any clone answer `Stopped`.
+    pub async fn shutdown(&self) {
+        let _ = self.jobs.send(Msg::Stop).await;
+        let thread = self.thread.lock().take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
     }
 
     /// Commits that could not be queued for replication (anti-entropy delivered them).

@@ -77,6 +77,19 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
 }
 
 fn render(shared: &Shared) -> String {
+    let mut out = render_counters(shared);
+    out += "# HELP redcloud_peer_seconds_since_sync Seconds since a peer last held exactly our documents.\n";
+    out += "# TYPE redcloud_peer_seconds_since_sync gauge\n";
+    for (peer, at) in &shared.peers.lock().last_equal {
+        out += &format!(
+            "redcloud_peer_seconds_since_sync{{peer=\"{peer}\"}} {:.3}\n",
+            at.elapsed().as_secs_f64()
+        );
+    }
+    out
+}
+
+fn render_counters(shared: &Shared) -> String {
     let r = &shared.repair;
     let peers = shared.peers.lock().connected.len() as f64;
     let servers = shared.registry.lock().servers().count() as f64;

@@ -306,6 +306,7 @@ impl Controller {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
         let _ = self.net.shutdown().await;
+        self.shared.meta.shutdown().await;
     }
 }
 

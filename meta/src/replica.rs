@@ -180,9 +180,16 @@ impl MetaStore {
         Ok(())
     }
 
-    /// Drop every sync state kept for `peer` (call when its connection closes: the next
-    /// session starts from scratch, which the protocol handles).
-    pub fn forget_peer(&mut self, peer: &str) {
-        self.sync_states.retain(|(p, _), _| p != peer);
+    /// Reset the sync states kept for `peer` when its connection closes. What both sides are
+    /// known to share (the shared heads) is kept, as the Automerge docs recommend for a
+    /// reconnect: the next session then costs about the size of the difference instead of a
+    /// bloom filter over the whole history.
+    pub fn reset_peer(&mut self, peer: &str) {
+        for ((p, _), state) in self.sync_states.iter_mut() {
+            if p == peer {
+                *state =
+                    sync::State::decode(&state.encode()).unwrap_or_else(|_| sync::State::new());
+            }
+        }
     }
 }

@@ -164,7 +164,7 @@ impl Cluster {
         let node = self.replicas[r].node_id().to_string();
         for (i, other) in self.replicas.iter_mut().enumerate() {
             if i != r {
-                other.forget_peer(&node);
+                other.reset_peer(&node);
             }
         }
     }

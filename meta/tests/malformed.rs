@@ -26,8 +26,8 @@ fn still_usable(a: &mut MetaStore, b: &mut MetaStore, commits: &[redcloud_meta::
     for c in commits {
         b.apply_changes(c.doc, &c.changes, T0).unwrap();
     }
-    b.forget_peer("node-a");
-    a.forget_peer("node-b");
+    b.reset_peer("node-a");
+    a.reset_peer("node-b");
     sync_pair(a, b, T0);
     assert_eq!(a.digest(), b.digest());
     assert_eq!(b.history("alice", "f").unwrap().len(), 3);

@@ -1,4 +1,5 @@
-//! Where chunks live: the [`ChunkStore`] trait and its two implementations.
+//! Where chunks live: the [`ChunkStore`] trait, its two implementations, and the
+//! [`TrackedStore`] decorator that logs inventory changes for the heartbeat.
 //!
 //! Every implementation keeps the same promises, checked by one shared [`conformance`] suite:
 //! bytes are verified against their id on the way in *and* on the way out, a corrupt copy is
@@ -12,6 +13,7 @@ mod disk;
 mod memory;
 mod record;
 mod rocks;
+mod tracked;
 
 use std::ops::Range;
 
@@ -19,6 +21,7 @@ use bytes::Bytes;
 
 pub use self::memory::MemoryStore;
 pub use self::rocks::{RocksOptions, RocksStore};
+pub use self::tracked::{InventorySnapshot, TrackedStore};
 use crate::id::ChunkId;
 
 /// Largest chunk a store accepts, in bytes (the wire protocol's limit).

@@ -160,7 +160,7 @@ impl Replication {
                     view.last_equal.remove(&peer);
                 }
                 let name = peer.to_string();
-                let _ = self.meta.call(move |s| s.forget_peer(&name)).await;
+                let _ = self.meta.call(move |s| s.reset_peer(&name)).await;
             }
             Event::Gossip {
                 source,
