@@ -1,0 +1,268 @@
+//! The command line, defined with clap's derive API. Names and flags are part of the
+//! interface: scripts and tests depend on them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The dev cluster's controllers: what the client reaches with no flag and no environment.
+pub const DEFAULT_CONTROLLERS: &str = "127.0.0.1:7100,127.0.0.1:7101,127.0.0.1:7102";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "redcloud",
+    version,
+    about = "A distributed, tag-based file store"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Controller to talk to (host:port); repeatable or comma-separated; tried in order.
+    /// Default: $REDCLOUD_CONTROLLERS, then the dev cluster's three controllers.
+    /// A chunkserver reports to these (and learns the rest from them).
+    #[arg(long = "controller", global = true, value_delimiter = ',')]
+    pub controllers: Vec<String>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create an account.
+    Register(Credentials),
+    /// Log in and keep the session token under $REDCLOUD_HOME.
+    Login(Credentials),
+    /// Upload files with tags (a name that exists becomes a new version).
+    Add {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Tag to attach; at least one.
+        #[arg(short = 't', long = "tag", required = true)]
+        tags: Vec<String>,
+    },
+    /// List files carrying all the given tags (no tag: every file).
+    List { tags: Vec<String> },
+    /// Download a file, verified end to end.
+    Download {
+        name: String,
+        /// Where to write it (default: the file name in the current directory).
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+        /// Overwrite an existing output file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Delete every file that carries all the given tags.
+    Delete {
+        #[arg(required = true)]
+        tags: Vec<String>,
+    },
+    /// Add tags to every file that carries all the query tags.
+    AddTags {
+        #[arg(required = true)]
+        query: Vec<String>,
+        #[arg(long = "add", required = true, num_args = 1..)]
+        add: Vec<String>,
+    },
+    /// Remove tags from every file that carries all the query tags.
+    DeleteTags {
+        #[arg(required = true)]
+        query: Vec<String>,
+        #[arg(long = "remove", required = true, num_args = 1..)]
+        remove: Vec<String>,
+    },
+    /// Versions of a file, oldest first.
+    History { name: String },
+    /// Make an earlier version current again (also undeletes).
+    Restore { name: String, version: String },
+    /// Files whose concurrent writes left conflicting versions.
+    Conflicts,
+    /// Cluster health: controllers, chunkservers, replication, repair.
+    Status,
+    /// Interactive shell with the same commands.
+    Shell,
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+    /// Run a local cluster on loopback (controllers on 7100.., chunkservers on 7200..).
+    Dev(DevArgs),
+    /// Run a controller: metadata, the client API, placement, repair and GC.
+    Controller(ControllerArgs),
+    /// Run a chunkserver: stores content-addressed chunks in RocksDB and serves them over gRPC.
+    Chunkserver(ChunkserverArgs),
+}
+
+impl Global {
+    /// The controllers a client tries: flags, then `$REDCLOUD_CONTROLLERS`, then the dev
+    /// cluster's defaults.
+    pub fn client_controllers(&self) -> Vec<String> {
+        if !self.controllers.is_empty() {
+            return self.controllers.clone();
+        }
+        let from_env = std::env::var("REDCLOUD_CONTROLLERS").unwrap_or_default();
+        let list = if from_env.trim().is_empty() {
+            DEFAULT_CONTROLLERS.to_string()
+        } else {
+            from_env
+        };
+        split_list(&list)
+    }
+}
+
+/// Splits a comma-separated list, dropping blanks.
+pub fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+impl Command {
+    /// Whether this command is a long-running daemon (it logs at info by default).
+    pub fn is_daemon(&self) -> bool {
+        matches!(
+            self,
+            Command::Controller(_) | Command::Chunkserver(_) | Command::Dev(_)
+        )
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Credentials {
+    pub user: String,
+    /// Read the password from standard input instead of prompting.
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DevArgs {
+    /// Directory holding every node's data; reused on the next start.
+    #[arg(long, default_value = "./redcloud-data")]
+    pub data: PathBuf,
+    /// Number of controllers.
+    #[arg(long = "controllers", id = "dev_controllers", default_value_t = 3)]
+    pub controllers: u16,
+    /// Number of chunkservers.
+    #[arg(long, default_value_t = 3)]
+    pub chunkservers: u16,
+    /// First controller gRPC port; chunkservers start at base + 100, controller p2p at
+    /// base + 200, metrics at base + 300.
+    #[arg(long, default_value_t = 7100)]
+    pub base_port: u16,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ChunkserverArgs {
+    /// Directory for the chunk store (created if missing).
+    #[arg(long, default_value = "./redcloud-data/chunkserver")]
+    pub data: PathBuf,
+    /// gRPC listen address.
+    #[arg(long, default_value = "0.0.0.0:7200")]
+    pub listen: String,
+    /// Address (host:port) that clients and other chunkservers use to reach this one;
+    /// defaults to the listen address, with an unspecified IP replaced by this host's address.
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Failure domain label used to spread replicas.
+    #[arg(long, default_value = "default")]
+    pub zone: String,
+    /// Capacity in bytes offered to the cluster (default: free space of the data directory).
+    #[arg(long)]
+    pub capacity: Option<u64>,
+    /// Scrub rate in bytes per second (0 disables the scrubber).
+    #[arg(long, default_value_t = 32 << 20)]
+    pub scrub_rate: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ControllerArgs {
+    /// Directory for the controller's metadata store and node key (created if missing).
+    #[arg(long, default_value = "./redcloud-data/controller")]
+    pub data: PathBuf,
+    /// Cluster name: scopes gossip topics and protocols, so clusters on one LAN never mix.
+    #[arg(long, default_value = "redcloud")]
+    pub cluster: String,
+    /// gRPC listen address (clients and chunkservers).
+    #[arg(long, default_value = "0.0.0.0:7100")]
+    pub listen: String,
+    /// libp2p listen address for controller-to-controller replication.
+    #[arg(long, default_value = "/ip4/0.0.0.0/tcp/7300")]
+    pub p2p_listen: String,
+    /// Peer to contact at start: a multiaddr, host:port, or a DNS name resolving to many
+    /// controllers; repeatable. Default: the DNS alias `controller` when it resolves.
+    #[arg(long, value_delimiter = ',')]
+    pub bootstrap: Vec<String>,
+    /// Turn off mDNS discovery.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Where to serve Prometheus metrics (`/metrics`); empty disables.
+    #[arg(long, default_value = "0.0.0.0:7400")]
+    pub metrics_listen: String,
+    /// gRPC address (host:port) other nodes use to reach this controller; default: the listen
+    /// address, with an unspecified IP replaced by this host's address.
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// A chunkserver silent for this long is marked failed (milliseconds).
+    #[arg(long, default_value_t = 6_000)]
+    pub heartbeat_timeout_ms: u64,
+    /// Copies an upload writes synchronously (capped by the live chunkservers).
+    #[arg(long, default_value_t = 2)]
+    pub write_quorum: u32,
+    /// Replication policy for a new cluster: `all` or a number of copies.
+    #[arg(long, default_value = "all")]
+    pub replication: String,
+    /// Number of file documents for a new cluster.
+    #[arg(long, default_value_t = 16)]
+    pub shards: u32,
+    /// Orphan chunks are deleted after this long unreferenced (milliseconds).
+    #[arg(long, default_value_t = 3_600_000)]
+    pub gc_grace_ms: u64,
+    /// Test only: shift this controller's wall clock by this many milliseconds.
+    #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
+    pub clock_offset_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        // Catches clashing argument ids (a global flag and a subcommand flag of one name).
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_parses_its_documented_form() {
+        for argv in [
+            "redcloud add a.txt --tag x -t y",
+            "redcloud list",
+            "redcloud --json list a b",
+            "redcloud download f -o out --force",
+            "redcloud add-tags a --add b c",
+            "redcloud delete-tags a --remove b",
+            "redcloud dev --controllers 1 --chunkservers 2 --base-port 9000",
+            "redcloud --controller h:1,h:2 status",
+            "redcloud chunkserver --controller h:1 --listen 127.0.0.1:0",
+            "redcloud controller --bootstrap a:7300 --no-mdns",
+        ] {
+            let words = argv.split_whitespace();
+            assert!(Cli::try_parse_from(words).is_ok(), "{argv}");
+        }
+        let cli = Cli::try_parse_from(["redcloud", "--controller", "a:1,b:2", "list"]).unwrap();
+        assert_eq!(cli.global.client_controllers(), ["a:1", "b:2"]);
+        assert!(
+            Cli::try_parse_from(["redcloud", "add", "f"]).is_err(),
+            "a tag is required"
+        );
+    }
+}

@@ -1,0 +1,121 @@
+//! Reaching a controller: try each configured address in order, each within a bounded time,
+//! and stick with the first that answers. Calls that fail because the controller went away
+//! (UNAVAILABLE, a broken connection, a deadline) are retried on the next controller.
+
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use redcloud_proto::controller::controller_service_client::ControllerServiceClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// How long to wait for a controller to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Upper bound on one metadata call (metadata calls are small; data moves elsewhere).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A client for the controller API with failover across controllers.
+#[derive(Debug, Clone)]
+pub struct Controllers {
+    addresses: Vec<String>,
+    /// Index of the controller that answered last.
+    current: usize,
+    client: Option<ControllerServiceClient<Channel>>,
+}
+
+impl Controllers {
+    pub fn new(addresses: Vec<String>) -> Self {
+        Self {
+            addresses,
+            current: 0,
+            client: None,
+        }
+    }
+
+    /// Runs `call` against a controller, failing over to the next one when a controller is
+    /// unreachable. Application errors (bad input, not found, ...) are returned at once.
+    pub async fn call<T, F, Fut>(&mut self, mut call: F) -> Result<T>
+    where
+        F: FnMut(ControllerServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        if self.addresses.is_empty() {
+            return Err(anyhow!(
+                "no controller configured (use --controller HOST:PORT)"
+            ));
+        }
+        let mut tried = Vec::new();
+        for attempt in 0..self.addresses.len() {
+            let idx = (self.current + attempt) % self.addresses.len();
+            let addr = self.addresses[idx].clone();
+            let client = match self.client.clone().filter(|_| idx == self.current) {
+                Some(c) => c,
+                None => match connect(&addr).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!(%addr, error = %e, "controller unreachable");
+                        tried.push(addr);
+                        continue;
+                    }
+                },
+            };
+            match tokio::time::timeout(CALL_TIMEOUT, call(client.clone())).await {
+                Ok(Ok(v)) => {
+                    self.current = idx;
+                    self.client = Some(client);
+                    return Ok(v);
+                }
+                Ok(Err(status)) if is_transport_failure(&status) => {
+                    tracing::debug!(%addr, %status, "controller failed; trying the next");
+                    self.client = None;
+                    tried.push(addr);
+                }
+                Ok(Err(status)) => return Err(status_error(status)),
+                Err(_) => {
+                    self.client = None;
+                    tried.push(addr);
+                }
+            }
+        }
+        Err(anyhow!(
+            "no controller reachable (tried {})",
+            tried.join(", ")
+        ))
+    }
+}
+
+async fn connect(addr: &str) -> Result<ControllerServiceClient<Channel>> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT);
+    let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
+        .await
+        .map_err(|_| anyhow!("connect to {addr} timed out"))??;
+    Ok(ControllerServiceClient::new(channel)
+        .max_decoding_message_size(redcloud_proto::MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(redcloud_proto::MAX_MESSAGE_SIZE))
+}
+
+/// Statuses that mean "this controller is not answering", not "your request is wrong".
+fn is_transport_failure(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+    )
+}
+
+/// Turns a controller's answer into the one-line error the user sees.
+pub fn status_error(status: Status) -> anyhow::Error {
+    let what = match status.code() {
+        Code::Unauthenticated => "not logged in or session expired",
+        Code::PermissionDenied => "permission denied",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::InvalidArgument => "invalid request",
+        Code::FailedPrecondition => "cannot do that now",
+        Code::ResourceExhausted => "out of space or over a limit",
+        Code::DataLoss => "data loss",
+        _ => "controller error",
+    };
+    anyhow!("{what}: {}", status.message())
+}

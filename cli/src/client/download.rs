@@ -1,0 +1,189 @@
+//! Downloading a file: resolve it with a controller, fetch its chunks in parallel straight
+//! from chunkservers (each verified against its BLAKE3 id, falling back to the next replica on
+//! any error), write them into a temporary file beside the destination, verify the whole
+//! file's hash, then rename it into place. A failed download leaves no partial file behind.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures::{StreamExt, TryStreamExt};
+use redcloud_chunk::client;
+use redcloud_chunk::id::ChunkId;
+use redcloud_proto::controller::{ChunkLocation, FileInfo, ResolveRequest};
+
+use super::authed;
+use super::connect::Controllers;
+use super::pool::ChunkPool;
+use super::progress;
+use crate::session::Session;
+
+/// Chunks fetched at the same time by one download.
+const PARALLEL_CHUNKS: usize = 4;
+
+/// Downloads `name` (its head version, or `version`) to `output`.
+pub async fn download(
+    ctl: &mut Controllers,
+    session: &Session,
+    name: &str,
+    version: Option<&str>,
+    output: &Path,
+    force: bool,
+) -> Result<FileInfo> {
+    if output.exists() && !force {
+        bail!(
+            "{} already exists (use --force to overwrite)",
+            output.display()
+        );
+    }
+    let token = session.token.clone();
+    let req = ResolveRequest {
+        name: name.to_owned(),
+        version: version.unwrap_or_default().to_owned(),
+    };
+    let resolved = ctl
+        .call(|mut c| {
+            let r = authed(req.clone(), &token);
+            async move { c.resolve(r).await.map(|r| r.into_inner()) }
+        })
+        .await?;
+    let file = resolved
+        .file
+        .ok_or_else(|| anyhow!("controller resolved {name} without file details"))?;
+    let expected: u64 = resolved.chunks.iter().map(|c| c.size).sum();
+    if expected != file.size {
+        bail!("controller's chunk list for {name} does not add up to its size");
+    }
+
+    let tmp = temp_path(output);
+    let guard = TempFile(tmp.clone());
+    let out = OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    out.set_len(file.size)
+        .with_context(|| format!("cannot size {}", tmp.display()))?;
+    let out = Arc::new(out);
+
+    let bar = progress::bytes_bar(&format!("downloading {name}"), file.size);
+    let pool = ChunkPool::default();
+    let mut offset = 0;
+    let jobs: Vec<(u64, ChunkLocation)> = resolved
+        .chunks
+        .into_iter()
+        .map(|c| {
+            let at = offset;
+            offset += c.size;
+            (at, c)
+        })
+        .collect();
+    futures::stream::iter(jobs.into_iter().map(|(at, loc)| {
+        let out = out.clone();
+        let pool = pool.clone();
+        let bar = bar.clone();
+        async move {
+            let data = fetch(&pool, &loc).await?;
+            let len = data.len() as u64;
+            tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                out.write_all_at(&data, at)
+            })
+            .await
+            .context("write task failed")?
+            .context("writing the downloaded file")?;
+            bar.inc(len);
+            Ok::<_, anyhow::Error>(())
+        }
+    }))
+    .buffer_unordered(PARALLEL_CHUNKS)
+    .try_collect::<Vec<()>>()
+    .await?;
+    bar.finish_and_clear();
+
+    // Verify the whole file as written, then make it durable and visible.
+    let expected_hash = file.blake3.clone();
+    let check = tmp.clone();
+    let actual = tokio::task::spawn_blocking(move || hash_file(&check))
+        .await
+        .context("verify task failed")??;
+    if actual[..] != expected_hash[..] {
+        bail!(
+            "{name}: downloaded bytes hash to {} but the file's hash is {}",
+            hex::encode(actual),
+            hex::encode(&expected_hash)
+        );
+    }
+    out.sync_all().context("flushing the downloaded file")?;
+    std::fs::rename(&tmp, output)
+        .with_context(|| format!("cannot move the download to {}", output.display()))?;
+    std::mem::forget(guard);
+    Ok(file)
+}
+
+/// Fetches one chunk from the first replica that returns verified bytes.
+async fn fetch(pool: &ChunkPool, loc: &ChunkLocation) -> Result<bytes::Bytes> {
+    let id =
+        ChunkId::from_slice(&loc.id).map_err(|e| anyhow!("controller sent a bad chunk id: {e}"))?;
+    let mut errors = Vec::new();
+    for addr in &loc.addresses {
+        let result = async {
+            let mut c = pool.get(addr).await?;
+            client::read_chunk(&mut c, id).await
+        }
+        .await;
+        match result {
+            Ok(data) if data.len() as u64 == loc.size => return Ok(data),
+            Ok(data) => errors.push(format!(
+                "{addr}: {} bytes, expected {}",
+                data.len(),
+                loc.size
+            )),
+            Err(e) => {
+                pool.forget(addr).await;
+                errors.push(format!("{addr}: {e}"));
+            }
+        }
+    }
+    if errors.is_empty() {
+        bail!("chunk {id}: no chunkserver is known to hold it");
+    }
+    bail!("chunk {id}: every replica failed ({})", errors.join("; "))
+}
+
+fn temp_path(output: &Path) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "download".to_owned());
+    let tmp = format!(".{name}.redcloud-{}.part", std::process::id());
+    match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.join(tmp),
+        _ => PathBuf::from(tmp),
+    }
+}
+
+fn hash_file(path: &Path) -> Result<[u8; 32]> {
+    let mut f = File::open(path)?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(*h.finalize().as_bytes());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// Removes the temporary file unless the download completed.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

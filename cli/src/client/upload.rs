@@ -1,0 +1,206 @@
+//! Uploading a file: chunk it, ask a controller which chunks are new and where they go, write
+//! those directly to chunkservers (several at once), then commit the version.
+//!
+//! A chunk counts as written once `write_quorum` chunkservers acknowledged it (each
+//! acknowledgement is durable on that server); if a target fails, the next one offered by the
+//! plan is tried. The commit succeeds only when the controller knows every chunk is stored, so
+//! an acknowledged upload never references a missing chunk.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use redcloud_chunk::client;
+use redcloud_chunk::id::ChunkId;
+use redcloud_proto::controller::{
+    ChunkPlan, ChunkRef, CommitFileRequest, FileInfo, PlanUploadRequest,
+};
+
+use super::authed;
+use super::chunking::{self, ChunkSpan};
+use super::connect::Controllers;
+use super::pool::ChunkPool;
+use super::progress;
+use crate::session::Session;
+
+/// Chunks written at the same time by one upload.
+const PARALLEL_CHUNKS: usize = 4;
+
+/// What an upload did.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    pub file: FileInfo,
+    pub chunks: usize,
+    /// Chunks actually sent (the rest were already stored).
+    pub chunks_sent: usize,
+    pub bytes_sent: u64,
+}
+
+/// Uploads `path` as `name` with `tags`.
+pub async fn upload(
+    ctl: &mut Controllers,
+    session: &mut Session,
+    path: &Path,
+    name: &str,
+    tags: &[String],
+) -> Result<Uploaded> {
+    let owned: PathBuf = path.to_owned();
+    let size_hint = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    let hash_bar = progress::bytes_bar(&format!("hashing {name}"), size_hint);
+    let bar = hash_bar.clone();
+    let fc =
+        tokio::task::spawn_blocking(move || chunking::chunk_file(&owned, |n| bar.set_position(n)))
+            .await
+            .context("chunking task failed")??;
+    hash_bar.finish_and_clear();
+
+    // One entry per distinct chunk: a file may repeat content.
+    let mut distinct: HashMap<[u8; 32], ChunkSpan> = HashMap::new();
+    for c in &fc.chunks {
+        distinct.entry(c.id).or_insert(*c);
+    }
+    let refs: Vec<ChunkRef> = distinct
+        .values()
+        .map(|c| ChunkRef {
+            id: Bytes::copy_from_slice(&c.id),
+            size: c.len,
+        })
+        .collect();
+    let token = session.token.clone();
+    let plan = ctl
+        .call(|mut c| {
+            let req = authed(
+                PlanUploadRequest {
+                    chunks: refs.clone(),
+                },
+                &token,
+            );
+            async move { c.plan_upload(req).await.map(|r| r.into_inner()) }
+        })
+        .await?;
+    let quorum = plan.write_quorum.max(1) as usize;
+    let new: Vec<(ChunkSpan, ChunkPlan)> = plan
+        .chunks
+        .into_iter()
+        .filter(|p| !p.exists)
+        .map(|p| {
+            let id: [u8; 32] = p.id[..]
+                .try_into()
+                .map_err(|_| anyhow!("controller sent a malformed chunk id"))?;
+            let span = *distinct
+                .get(&id)
+                .ok_or_else(|| anyhow!("controller planned a chunk this file does not have"))?;
+            Ok((span, p))
+        })
+        .collect::<Result<_>>()?;
+
+    let bytes_to_send: u64 = new.iter().map(|(s, _)| s.len).sum();
+    let bar = progress::bytes_bar(&format!("uploading {name}"), bytes_to_send);
+    let file =
+        Arc::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?);
+    let pool = ChunkPool::default();
+    let chunks_sent = new.len();
+    futures::stream::iter(new.into_iter().map(|(span, plan)| {
+        let file = file.clone();
+        let pool = pool.clone();
+        let bar = bar.clone();
+        let path = path.to_owned();
+        async move {
+            let data =
+                tokio::task::spawn_blocking(move || chunking::read_span(&file, &span, &path))
+                    .await
+                    .context("read task failed")??;
+            write_replicas(&pool, span.id, Bytes::from(data), &plan.targets, quorum).await?;
+            bar.inc(span.len);
+            Ok::<_, anyhow::Error>(())
+        }
+    }))
+    .buffer_unordered(PARALLEL_CHUNKS)
+    .try_collect::<Vec<()>>()
+    .await?;
+    bar.finish_and_clear();
+
+    let commit = CommitFileRequest {
+        name: name.to_owned(),
+        tags: tags.to_vec(),
+        size: fc.size,
+        blake3: Bytes::copy_from_slice(&fc.blake3),
+        chunks: fc
+            .chunks
+            .iter()
+            .map(|c| ChunkRef {
+                id: Bytes::copy_from_slice(&c.id),
+                size: c.len,
+            })
+            .collect(),
+        after: session.last_write_hlc,
+    };
+    let token = session.token.clone();
+    let file = ctl
+        .call(|mut c| {
+            let req = authed(commit.clone(), &token);
+            async move { c.commit_file(req).await.map(|r| r.into_inner()) }
+        })
+        .await?
+        .file
+        .ok_or_else(|| anyhow!("controller acknowledged the commit without the file"))?;
+    session.observe_write(file.hlc)?;
+    Ok(Uploaded {
+        file,
+        chunks: fc.chunks.len(),
+        chunks_sent,
+        bytes_sent: bytes_to_send,
+    })
+}
+
+/// Writes one chunk to `quorum` of `targets`, trying them in order.
+async fn write_replicas(
+    pool: &ChunkPool,
+    id: [u8; 32],
+    data: Bytes,
+    targets: &[String],
+    quorum: usize,
+) -> Result<()> {
+    let id = ChunkId(id);
+    let mut stored = 0;
+    let mut errors = Vec::new();
+    for addr in targets {
+        if stored >= quorum {
+            break;
+        }
+        let result = async {
+            let mut c = pool.get(addr).await?;
+            client::write_chunk(&mut c, id, data.clone()).await
+        }
+        .await;
+        match result {
+            Ok(_) => stored += 1,
+            Err(e) => {
+                pool.forget(addr).await;
+                errors.push(format!("{addr}: {e}"));
+            }
+        }
+    }
+    if stored == 0 {
+        bail!(
+            "chunk {id}: no chunkserver stored it ({})",
+            if errors.is_empty() {
+                "no target offered".to_owned()
+            } else {
+                errors.join("; ")
+            }
+        );
+    }
+    if stored < quorum {
+        // Fewer live targets than the quorum: the controller will not commit unless the chunk
+        // is stored, and repair adds the missing copies.
+        tracing::warn!(chunk = %id, stored, quorum, "chunk stored below the write quorum");
+    }
+    Ok(())
+}

@@ -1,0 +1,638 @@
+//! In-process clusters of real controllers and chunkservers on 127.0.0.1: the client API end
+//! to end, chunkserver failure and fill, partition healing to complete replication, GC
+//! safety, and every auth failure and bad request answering the right status.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use redcloud::client::connect::Controllers;
+use redcloud::client::{authed, download, upload};
+use redcloud::session::Session;
+use redcloud_proto::controller as pb;
+use redcloud_proto::controller::controller_service_client::ControllerServiceClient;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::Code;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+struct Chunkserver {
+    addr: String,
+    _dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Chunkserver {
+    async fn start(controllers: &[String]) -> Chunkserver {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, controllers, None).await
+    }
+
+    async fn start_in(
+        dir: tempfile::TempDir,
+        controllers: &[String],
+        port: Option<u16>,
+    ) -> Chunkserver {
+        let listener = TcpListener::bind(("127.0.0.1", port.unwrap_or(0)))
+            .await
+            .unwrap();
+        let local = listener.local_addr().unwrap();
+        let mut config = redcloud_chunk::ChunkserverConfig::new(dir.path());
+        config.listen = local;
+        config.controllers = controllers.to_vec();
+        config.heartbeat_interval = Duration::from_millis(200);
+        config.scrub_rate = 0;
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(redcloud_chunk::run(config, listener, async {
+            let _ = rx.await;
+        }));
+        Chunkserver {
+            addr: local.to_string(),
+            _dir: dir,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+}
+
+struct Ctl {
+    node: redcloud_meta::node::Controller,
+    addr: String,
+    p2p: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn controller(
+    bootstrap: Vec<String>,
+    tweak: impl FnOnce(&mut redcloud_meta::node::ControllerConfig),
+) -> Ctl {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = redcloud_meta::node::ControllerConfig {
+        data_dir: dir.path().to_path_buf(),
+        cluster: "it".into(),
+        p2p_listen: "/ip4/127.0.0.1/tcp/0".into(),
+        bootstrap,
+        mdns: false,
+        heartbeat_timeout_ms: 1_500,
+        sync_interval: Duration::from_millis(300),
+        repair_interval: Duration::from_millis(200),
+        ..Default::default()
+    };
+    tweak(&mut config);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node = redcloud_meta::node::start(config, listener).await.unwrap();
+    let addrs = node.net.listen_addrs().await.unwrap();
+    let p2p = format!("{}/p2p/{}", addrs[0], node.shared.node_id);
+    Ctl {
+        addr: node.grpc_addr.to_string(),
+        node,
+        p2p,
+        _dir: dir,
+    }
+}
+
+async fn api(addr: &str) -> ControllerServiceClient<tonic::transport::Channel> {
+    ControllerServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+async fn login(addr: &str, user: &str) -> String {
+    let mut c = api(addr).await;
+    let _ = c
+        .register(pb::RegisterRequest {
+            user: user.into(),
+            password: "pw".into(),
+        })
+        .await;
+    c.login(pb::LoginRequest {
+        user: user.into(),
+        password: "pw".into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .token
+}
+
+async fn status(addr: &str) -> pb::StatusResponse {
+    api(addr)
+        .await
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn wait_until<F, Fut>(what: &str, mut ok: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !ok().await {
+        assert!(start.elapsed() < LIMIT, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    start.elapsed()
+}
+
+/// Waits until `n` chunkservers are active on controller `addr`.
+async fn wait_active(addr: &str, n: usize) {
+    wait_until("chunkservers are active", || async {
+        status(addr)
+            .await
+            .chunkservers
+            .iter()
+            .filter(|c| c.state == "active")
+            .count()
+            == n
+    })
+    .await;
+}
+
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn session(token: &str) -> Session {
+    Session {
+        user: "u".into(),
+        token: token.into(),
+        last_write_hlc: 0,
+    }
+}
+
+async fn put(addrs: &[String], token: &str, dir: &Path, name: &str, bytes: &[u8]) -> pb::FileInfo {
+    put_tagged(addrs, token, dir, name, bytes, "t").await
+}
+
+async fn put_tagged(
+    addrs: &[String],
+    token: &str,
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    tag: &str,
+) -> pb::FileInfo {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    let mut ctl = Controllers::new(addrs.to_vec());
+    let mut s = session(token);
+    // The session file is written under REDCLOUD_HOME; keep it inside the test dir.
+    upload::upload(&mut ctl, &mut s, &path, name, &[tag.to_string()])
+        .await
+        .unwrap()
+        .file
+}
+
+async fn get(addrs: &[String], token: &str, dir: &Path, name: &str) -> Vec<u8> {
+    let out = dir.join(format!("{name}.out"));
+    let mut ctl = Controllers::new(addrs.to_vec());
+    download::download(&mut ctl, &session(token), name, None, &out, true)
+        .await
+        .unwrap();
+    std::fs::read(&out).unwrap()
+}
+
+fn set_home(dir: &Path) {
+    // SAFETY of set_var: tests in this binary all point REDCLOUD_HOME at a fresh temp dir
+    // before any client call; the value is only read by the session code.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("REDCLOUD_HOME", dir.join("home"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_commit_resolve_download_through_the_api() {
+    let work = tempfile::tempdir().unwrap();
+    set_home(work.path());
+    let c = controller(Vec::new(), |_| {}).await;
+    let addrs = vec![c.addr.clone()];
+    let mut servers = vec![
+        Chunkserver::start(&addrs).await,
+        Chunkserver::start(&addrs).await,
+    ];
+    wait_active(&c.addr, 2).await;
+    let token = login(&c.addr, "alice").await;
+    let bytes = data(5 << 20, 7);
+    let info = put(&addrs, &token, work.path(), "a.bin", &bytes).await;
+    assert_eq!(info.size, bytes.len() as u64);
+    assert_eq!(&info.blake3[..], blake3::hash(&bytes).as_bytes());
+    assert_eq!(get(&addrs, &token, work.path(), "a.bin").await, bytes);
+
+    // Resolve names every chunk with at least one location, in order, adding up to the size.
+    let mut client = api(&c.addr).await;
+    let r = client
+        .resolve(authed(
+            pb::ResolveRequest {
+                name: "a.bin".into(),
+                version: String::new(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.chunks.iter().map(|c| c.size).sum::<u64>(),
+        bytes.len() as u64
+    );
+    assert!(r.chunks.iter().all(|c| !c.addresses.is_empty()));
+    for s in &mut servers {
+        s.stop().await;
+    }
+    c.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stopped_chunkserver_fails_reads_fall_back_and_a_new_one_is_filled() {
+    let work = tempfile::tempdir().unwrap();
+    set_home(work.path());
+    let c = controller(Vec::new(), |_| {}).await;
+    let addrs = vec![c.addr.clone()];
+    let mut a = Chunkserver::start(&addrs).await;
+    let mut b = Chunkserver::start(&addrs).await;
+    wait_active(&c.addr, 2).await;
+    let token = login(&c.addr, "bob").await;
+    let mut files = Vec::new();
+    for i in 0..4 {
+        let bytes = data((1 << 20) | (i * 1000), i as u64 + 1);
+        put(&addrs, &token, work.path(), &format!("f{i}"), &bytes).await;
+        files.push(bytes);
+    }
+    wait_until("both servers hold every chunk", || async {
+        let s = status(&c.addr).await;
+        let total = s.chunks.unwrap().total;
+        total > 0 && s.chunkservers.iter().all(|cs| cs.chunks == total)
+    })
+    .await;
+
+    a.stop().await;
+    let took = wait_until("the stopped server is failed", || async {
+        status(&c.addr)
+            .await
+            .chunkservers
+            .iter()
+            .any(|cs| cs.address == a.addr && cs.state == "failed")
+    })
+    .await;
+    eprintln!("chunkserver marked failed {took:?} after it stopped (timeout 1.5 s)");
+    for (i, bytes) in files.iter().enumerate() {
+        assert_eq!(
+            &get(&addrs, &token, work.path(), &format!("f{i}")).await,
+            bytes
+        );
+    }
+
+    // A new chunkserver receives every chunk.
+    let mut fresh = Chunkserver::start(&addrs).await;
+    let took = wait_until("the new server holds every chunk", || async {
+        let s = status(&c.addr).await;
+        let total = s.chunks.unwrap().total;
+        s.chunkservers
+            .iter()
+            .any(|cs| cs.address == fresh.addr && cs.chunks == total && total > 0)
+    })
+    .await;
+    eprintln!("new chunkserver filled in {took:?}");
+    b.stop().await;
+    fresh.stop().await;
+    c.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitioned_controllers_heal_to_complete_replication() {
+    let work = tempfile::tempdir().unwrap();
+    set_home(work.path());
+    let c0 = controller(Vec::new(), |_| {}).await;
+    let c1 = controller(vec![c0.p2p.clone()], |_| {}).await;
+    let all = vec![c0.addr.clone(), c1.addr.clone()];
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(Chunkserver::start(&all).await);
+    }
+    wait_active(&c0.addr, 3).await;
+    wait_active(&c1.addr, 3).await;
+    let token = login(&c0.addr, "carol").await;
+    wait_until("the user reached c1", || async {
+        let mut c = api(&c1.addr).await;
+        c.list(authed(pb::ListRequest { tags: vec![] }, &token))
+            .await
+            .is_ok()
+    })
+    .await;
+
+    let (p0, p1) = (c0.node.net.local_peer_id(), c1.node.net.local_peer_id());
+    c0.node.net.block(p1).await.unwrap();
+    c1.node.net.block(p0).await.unwrap();
+    let left = data(3 << 20, 11);
+    let right = data(2 << 20, 12);
+    put(std::slice::from_ref(&c0.addr), &token, work.path(), "left", &left).await;
+    put(std::slice::from_ref(&c1.addr), &token, work.path(), "right", &right).await;
+    put(
+        std::slice::from_ref(&c0.addr),
+        &token,
+        work.path(),
+        "same",
+        &left[..1000],
+    )
+    .await;
+    put(
+        std::slice::from_ref(&c1.addr),
+        &token,
+        work.path(),
+        "same",
+        &right[..2000],
+    )
+    .await;
+    c0.node.net.unblock(p1).await.unwrap();
+    c1.node.net.unblock(p0).await.unwrap();
+
+    let took = wait_until(
+        "metadata converged and every server holds every chunk",
+        || async {
+            let (s0, s1) = (status(&c0.addr).await, status(&c1.addr).await);
+            let d0 = s0.controller.clone().unwrap().metadata_digest;
+            let d1 = s1.controller.clone().unwrap().metadata_digest;
+            let total = s0.chunks.unwrap().total;
+            d0 == d1 && total > 0 && s0.chunkservers.iter().all(|cs| cs.chunks == total)
+        },
+    )
+    .await;
+    eprintln!("partition healed to full replication in {took:?}");
+    for addr in &all {
+        let one = vec![addr.clone()];
+        assert_eq!(get(&one, &token, work.path(), "left").await, left);
+        assert_eq!(get(&one, &token, work.path(), "right").await, right);
+    }
+    let mut client = api(&c1.addr).await;
+    let conflicts = client
+        .conflicts(authed(pb::ConflictsRequest {}, &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .conflicts;
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].versions.len(), 2);
+    for s in &mut servers {
+        s.stop().await;
+    }
+    c0.node.stop().await;
+    c1.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_deletes_orphans_but_never_a_chunk_of_a_retained_version() {
+    let work = tempfile::tempdir().unwrap();
+    set_home(work.path());
+    let c = controller(Vec::new(), |cfg| {
+        cfg.gc_grace_ms = 300;
+        cfg.gc_interval = Duration::from_millis(200);
+    })
+    .await;
+    let addrs = vec![c.addr.clone()];
+    let mut cs = Chunkserver::start(&addrs).await;
+    wait_active(&c.addr, 1).await;
+    c.node
+        .shared
+        .meta
+        .mutate(|s| Ok(((), vec![s.set_trash_retention(0, 1)?])))
+        .await
+        .unwrap();
+    let token = login(&c.addr, "dan").await;
+    // `keep` shares its first chunk-sized prefix with `doomed`: deduplicated chunks.
+    let shared_part = data(2 << 20, 21);
+    let mut doomed = shared_part.clone();
+    doomed.extend(data(2 << 20, 22));
+    let mut keep = shared_part.clone();
+    keep.extend(data(1 << 20, 23));
+    put_tagged(&addrs, &token, work.path(), "doomed", &doomed, "gone").await;
+    put_tagged(&addrs, &token, work.path(), "keep", &keep, "stay").await;
+    let mut client = api(&c.addr).await;
+    let chunks_of = |name: &'static str| {
+        let mut client = client.clone();
+        let token = token.clone();
+        async move {
+            let req = pb::ResolveRequest {
+                name: name.into(),
+                version: String::new(),
+            };
+            let r = client
+                .resolve(authed(req, &token))
+                .await
+                .unwrap()
+                .into_inner();
+            r.chunks
+                .into_iter()
+                .map(|c| c.id)
+                .collect::<HashSet<Bytes>>()
+        }
+    };
+    let doomed_chunks = chunks_of("doomed").await;
+    let keep_chunks = chunks_of("keep").await;
+    let only_doomed: Vec<Bytes> = doomed_chunks.difference(&keep_chunks).cloned().collect();
+    assert!(!only_doomed.is_empty(), "doomed has chunks of its own");
+    assert!(
+        doomed_chunks.intersection(&keep_chunks).count() > 0,
+        "and chunks shared with keep"
+    );
+
+    let del = client
+        .delete(authed(
+            pb::DeleteRequest {
+                tags: vec!["gone".into()],
+                after: 0,
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(del.names, ["doomed"]);
+    let mut chunk_client = redcloud_chunk::client::connect(&cs.addr).await.unwrap();
+    let mut uploads = Vec::new();
+    let gone = wait_until("doomed's own chunks are collected", || {
+        let ids = only_doomed.clone();
+        let mut cc = chunk_client.clone();
+        let n = uploads.len() as u64;
+        let bytes = data(300_000 + n as usize, 100 + n);
+        uploads.push(bytes.clone());
+        let addrs = addrs.clone();
+        let token = token.clone();
+        let dir = work.path().to_path_buf();
+        async move {
+            put(&addrs, &token, &dir, &format!("during-{n}"), &bytes).await;
+            let present = cc
+                .has_chunks(redcloud_proto::chunk::HasChunksRequest { ids })
+                .await
+                .unwrap()
+                .into_inner()
+                .present;
+            present.iter().all(|p| !p)
+        }
+    })
+    .await;
+    eprintln!("orphans collected {gone:?} after the delete");
+    let present = chunk_client
+        .has_chunks(redcloud_proto::chunk::HasChunksRequest {
+            ids: keep_chunks.iter().cloned().collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .present;
+    assert!(
+        present.iter().all(|p| *p),
+        "a chunk of a retained version was deleted"
+    );
+    assert_eq!(get(&addrs, &token, work.path(), "keep").await, keep);
+    for (n, bytes) in uploads.iter().enumerate() {
+        assert_eq!(
+            &get(&addrs, &token, work.path(), &format!("during-{n}")).await,
+            bytes
+        );
+    }
+    cs.stop().await;
+    c.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn auth_failures_and_bad_requests_get_the_right_status() {
+    let c = controller(Vec::new(), |_| {}).await;
+    let mut cl = api(&c.addr).await;
+    let alice = login(&c.addr, "alice").await;
+    let bob = login(&c.addr, "bob").await;
+
+    let code = |r: Result<tonic::Response<pb::ListResponse>, tonic::Status>| r.unwrap_err().code();
+    assert_eq!(
+        code(cl.list(pb::ListRequest { tags: vec![] }).await),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        code(
+            cl.list(authed(pb::ListRequest { tags: vec![] }, "rc1:x:1:k:00"))
+                .await
+        ),
+        Code::Unauthenticated
+    );
+    let forged = alice.replacen("alice", "bob", 1);
+    assert_eq!(
+        code(
+            cl.list(authed(pb::ListRequest { tags: vec![] }, &forged))
+                .await
+        ),
+        Code::Unauthenticated
+    );
+
+    let err = cl
+        .login(pb::LoginRequest {
+            user: "alice".into(),
+            password: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = cl
+        .register(pb::RegisterRequest {
+            user: "alice".into(),
+            password: "pw".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    let err = cl
+        .register(pb::RegisterRequest {
+            user: "Bad/Name".into(),
+            password: "pw".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("user"), "{}", err.message());
+
+    let bad_chunk = pb::PlanUploadRequest {
+        chunks: vec![pb::ChunkRef {
+            id: Bytes::from_static(&[1, 2, 3]),
+            size: 3,
+        }],
+    };
+    let err = cl.plan_upload(authed(bad_chunk, &alice)).await.unwrap_err();
+    // No chunkserver yet is UNAVAILABLE; with one it is the bad id. Either names the problem.
+    assert!(
+        matches!(err.code(), Code::InvalidArgument | Code::Unavailable),
+        "{err:?}"
+    );
+
+    let commit = |name: &str, chunk: [u8; 32], size: u64| pb::CommitFileRequest {
+        name: name.into(),
+        tags: vec!["t".into()],
+        size,
+        blake3: Bytes::copy_from_slice(&[0; 32]),
+        chunks: vec![pb::ChunkRef {
+            id: Bytes::copy_from_slice(&chunk),
+            size: 10,
+        }],
+        after: 0,
+    };
+    let err = cl
+        .commit_file(authed(commit("f", [9; 32], 11), &alice))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("size"), "{}", err.message());
+    let err = cl
+        .commit_file(authed(commit("f", [9; 32], 10), &alice))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let err = cl
+        .commit_file(authed(commit("a/b", [9; 32], 10), &alice))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err.code(),
+        Code::InvalidArgument | Code::FailedPrecondition
+    ));
+
+    // Another user's names are invisible.
+    let err = cl
+        .history(authed(pb::HistoryRequest { name: "f".into() }, &bob))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = cl
+        .delete(authed(
+            pb::DeleteRequest {
+                tags: vec![],
+                after: 0,
+            },
+            &alice,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("tags"));
+    c.node.stop().await;
+}
