@@ -86,6 +86,11 @@ pub enum Command {
     Conflicts,
     /// Cluster health: controllers, chunkservers, replication, repair.
     Status,
+    /// Drain a chunkserver: its chunks are copied elsewhere, then it is marked removed.
+    Drain {
+        /// The chunkserver's id (see `status`).
+        chunkserver: String,
+    },
     /// Interactive shell with the same commands.
     Shell,
     /// Print shell completions.

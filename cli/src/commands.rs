@@ -262,6 +262,13 @@ pub async fn run(cx: &mut ClientContext, command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Drain { chunkserver } => {
+            drain(cx, &chunkserver).await?;
+            cx.print(json!({"draining": chunkserver}), || {
+                format!("draining {chunkserver}: its chunks move elsewhere, then it is removed")
+            });
+            Ok(())
+        }
         Command::Shell
         | Command::Completions { .. }
         | Command::Dev(_)
@@ -315,6 +322,31 @@ pub async fn list(cx: &mut ClientContext, tags: Vec<String>) -> Result<Vec<pb::F
         })
         .await?
         .files)
+}
+
+/// Asks the first controller that answers to drain a chunkserver.
+async fn drain(cx: &ClientContext, id: &str) -> Result<()> {
+    use redcloud_proto::controller::registry_service_client::RegistryServiceClient;
+    let mut errors = Vec::new();
+    for addr in cx.controllers.addresses() {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(std::time::Duration::from_secs(2));
+        let mut client = match endpoint.connect().await {
+            Ok(ch) => RegistryServiceClient::new(ch),
+            Err(e) => {
+                errors.push(format!("{addr}: {e}"));
+                continue;
+            }
+        };
+        let req = pb::DrainRequest {
+            chunkserver_id: id.to_owned(),
+        };
+        return match client.drain(req).await {
+            Ok(_) => Ok(()),
+            Err(status) => Err(crate::client::connect::status_error(status)),
+        };
+    }
+    bail!("no controller reachable (tried {})", errors.join("; "))
 }
 
 async fn add(cx: &mut ClientContext, files: &[PathBuf], tags: &[String]) -> Result<()> {

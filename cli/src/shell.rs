@@ -238,3 +238,31 @@ mod tests {
         assert!(split_words("add 'oops").is_err());
     }
 }
+
+#[cfg(test)]
+mod completion_tests {
+    use super::*;
+    use rustyline::history::DefaultHistory;
+
+    fn complete(line: &str, words: Words) -> Vec<String> {
+        let helper = ShellHelper {
+            words: Arc::new(Mutex::new(words)),
+        };
+        let history = DefaultHistory::new();
+        let ctx = rustyline::Context::new(&history);
+        let (_, pairs) = helper.complete(line, line.len(), &ctx).unwrap();
+        pairs.into_iter().map(|p| p.replacement).collect()
+    }
+
+    #[test]
+    fn completes_commands_then_names_and_tags() {
+        let words = Words {
+            names: vec!["report.pdf".into(), "photo.jpg".into()],
+            tags: vec!["photos".into(), "work".into()],
+        };
+        assert_eq!(complete("add-", words.clone()), ["add-tags"]);
+        assert_eq!(complete("download rep", words.clone()), ["report.pdf"]);
+        assert_eq!(complete("list pho", words.clone()), ["photo.jpg", "photos"]);
+        assert!(complete("list zzz", words).is_empty());
+    }
+}

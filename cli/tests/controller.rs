@@ -349,8 +349,22 @@ async fn partitioned_controllers_heal_to_complete_replication() {
     c1.node.net.block(p0).await.unwrap();
     let left = data(3 << 20, 11);
     let right = data(2 << 20, 12);
-    put(std::slice::from_ref(&c0.addr), &token, work.path(), "left", &left).await;
-    put(std::slice::from_ref(&c1.addr), &token, work.path(), "right", &right).await;
+    put(
+        std::slice::from_ref(&c0.addr),
+        &token,
+        work.path(),
+        "left",
+        &left,
+    )
+    .await;
+    put(
+        std::slice::from_ref(&c1.addr),
+        &token,
+        work.path(),
+        "right",
+        &right,
+    )
+    .await;
     put(
         std::slice::from_ref(&c0.addr),
         &token,
@@ -634,5 +648,97 @@ async fn auth_failures_and_bad_requests_get_the_right_status() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("tags"));
+    c.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn draining_a_chunkserver_moves_its_chunks_then_removes_it() {
+    let work = tempfile::tempdir().unwrap();
+    set_home(work.path());
+    let c = controller(Vec::new(), |cfg| {
+        cfg.replication = "1".into();
+        cfg.write_quorum = 1;
+    })
+    .await;
+    let addrs = vec![c.addr.clone()];
+    let mut a = Chunkserver::start(&addrs).await;
+    let mut b = Chunkserver::start(&addrs).await;
+    wait_active(&c.addr, 2).await;
+    let token = login(&c.addr, "erin").await;
+    let mut files = Vec::new();
+    for i in 0..3u64 {
+        let bytes = data(1_500_000 + i as usize, 50 + i);
+        put(&addrs, &token, work.path(), &format!("d{i}"), &bytes).await;
+        files.push(bytes);
+    }
+    // One copy per chunk: find a server that holds some.
+    let s = status(&c.addr).await;
+    let total = s.chunks.unwrap().total;
+    let victim = s
+        .chunkservers
+        .iter()
+        .find(|cs| cs.chunks > 0)
+        .expect("some server holds chunks")
+        .clone();
+    let mut registry =
+        redcloud_proto::controller::registry_service_client::RegistryServiceClient::connect(
+            format!("http://{}", c.addr),
+        )
+        .await
+        .unwrap();
+    let err = registry
+        .drain(pb::DrainRequest {
+            chunkserver_id: "no-such-server".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    registry
+        .drain(pb::DrainRequest {
+            chunkserver_id: victim.id.clone(),
+        })
+        .await
+        .unwrap();
+    let took = wait_until(
+        "the drained server is removed and the other holds everything",
+        || async {
+            let s = status(&c.addr).await;
+            let removed = s
+                .chunkservers
+                .iter()
+                .any(|cs| cs.id == victim.id && cs.state == "removed");
+            let full = s
+                .chunkservers
+                .iter()
+                .any(|cs| cs.id != victim.id && cs.chunks == total);
+            removed && full
+        },
+    )
+    .await;
+    eprintln!("drain of {} chunks finished in {took:?}", victim.chunks);
+    for (i, bytes) in files.iter().enumerate() {
+        assert_eq!(
+            &get(&addrs, &token, work.path(), &format!("d{i}")).await,
+            bytes
+        );
+    }
+    // New uploads never go to the removed server.
+    let plan = api(&c.addr)
+        .await
+        .plan_upload(authed(
+            pb::PlanUploadRequest {
+                chunks: vec![pb::ChunkRef {
+                    id: Bytes::copy_from_slice(&[7; 32]),
+                    size: 1,
+                }],
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!plan.chunks[0].targets.contains(&victim.address));
+    a.stop().await;
+    b.stop().await;
     c.node.stop().await;
 }

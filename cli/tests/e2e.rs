@@ -251,3 +251,42 @@ fn downloads_survive_a_dead_chunkserver_and_clients_fail_over_controllers() {
     u.ok(&["download", "more.bin", "-o", dest.to_str().unwrap()]);
     assert_eq!(std::fs::read(&dest).unwrap(), more);
 }
+
+#[test]
+fn the_shell_runs_commands_and_completions_are_printed() {
+    let c = Cluster::start(1, 1);
+    let u = c.client("sam");
+    u.register_and_login("sam");
+    let work = tempfile::tempdir().unwrap();
+    let f = write_file(work.path(), "song.mp3", &bytes(1000, 8));
+    let script = format!(
+        "add {} -t music\nlist music\nfrobnicate\nadd-tags music --add loud\nlist loud\nexit\n",
+        f.display()
+    );
+    let out = u.run_with_stdin(&["shell"], &script);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("added song.mp3"), "{stdout}");
+    assert_eq!(
+        stdout.matches("song.mp3").count(),
+        4,
+        "added, listed twice, tagged: {stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("frobnicate"),
+        "a bad command is reported and the shell goes on: {stderr}"
+    );
+
+    let out = u.run(&["completions", "bash"]);
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        script.contains("redcloud") && script.contains("add-tags"),
+        "bash completions"
+    );
+}

@@ -32,6 +32,11 @@ impl Controllers {
         }
     }
 
+    /// The configured controller addresses, in order.
+    pub fn addresses(&self) -> &[String] {
+        &self.addresses
+    }
+
     /// Runs `call` against a controller, failing over to the next one when a controller is
     /// unreachable. Application errors (bad input, not found, ...) are returned at once.
     pub async fn call<T, F, Fut>(&mut self, mut call: F) -> Result<T>

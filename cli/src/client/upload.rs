@@ -159,7 +159,9 @@ pub async fn upload(
     })
 }
 
-/// Writes one chunk to `quorum` of `targets`, trying them in order.
+/// Writes one chunk to `quorum` of `targets`: the first `quorum` targets at once, then, for
+/// each failure, the next untried target, until `quorum` copies are acknowledged or the
+/// targets run out.
 async fn write_replicas(
     pool: &ChunkPool,
     id: [u8; 32],
@@ -168,22 +170,33 @@ async fn write_replicas(
     quorum: usize,
 ) -> Result<()> {
     let id = ChunkId(id);
+    let write_one = |addr: String| {
+        let data = data.clone();
+        async move {
+            let result = async {
+                let mut c = pool.get(&addr).await?;
+                client::write_chunk(&mut c, id, data).await
+            }
+            .await;
+            if result.is_err() {
+                pool.forget(&addr).await;
+            }
+            (addr, result)
+        }
+    };
+    let mut untried = targets.iter().cloned();
+    let mut running: futures::stream::FuturesUnordered<_> =
+        untried.by_ref().take(quorum).map(write_one).collect();
     let mut stored = 0;
     let mut errors = Vec::new();
-    for addr in targets {
-        if stored >= quorum {
-            break;
-        }
-        let result = async {
-            let mut c = pool.get(addr).await?;
-            client::write_chunk(&mut c, id, data.clone()).await
-        }
-        .await;
+    while let Some((addr, result)) = running.next().await {
         match result {
             Ok(_) => stored += 1,
             Err(e) => {
-                pool.forget(addr).await;
                 errors.push(format!("{addr}: {e}"));
+                if let Some(next) = untried.next() {
+                    running.push(write_one(next));
+                }
             }
         }
     }
