@@ -36,6 +36,9 @@ use wire::{DocDigest, Gossip, PeerRequest, PeerResponse, Request, Response, Sync
 const MAX_SYNC_ROUNDS: usize = 64;
 /// Room for framing around a gossip payload.
 const GOSSIP_OVERHEAD: usize = 1024;
+/// Gossip messages taken off the event queue and applied together (one durable write per
+/// document instead of one per message).
+const MAX_GOSSIP_BATCH: usize = 256;
 
 /// Tunables.
 #[derive(Debug, Clone)]
@@ -111,7 +114,7 @@ impl Replication {
                 _ = shutdown.changed() => break,
                 Some(c) = commits.recv() => self.handle_commit(c).await,
                 ev = events.recv() => match ev {
-                    Some(ev) => self.handle_event(ev).await,
+                    Some(ev) => self.handle_events(ev, &mut events).await,
                     None => break,
                 },
                 _ = tick.tick() => self.handle_tick(),
@@ -147,6 +150,30 @@ impl Replication {
         }
     }
 
+    /// Handles `first` and, when it is gossip, every gossip message already queued behind it
+    /// (up to a bound) as one batch.
+    async fn handle_events(&mut self, first: Event, events: &mut mpsc::Receiver<Event>) {
+        let Event::Gossip { .. } = first else {
+            return self.handle_event(first).await;
+        };
+        let mut batch = vec![first];
+        let mut after = None;
+        while batch.len() < MAX_GOSSIP_BATCH {
+            match events.try_recv() {
+                Ok(ev @ Event::Gossip { .. }) => batch.push(ev),
+                Ok(other) => {
+                    after = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        self.handle_gossip_batch(batch).await;
+        if let Some(ev) = after {
+            self.handle_event(ev).await;
+        }
+    }
+
     async fn handle_event(&mut self, event: Event) {
         match event {
             Event::PeerConnected(peer) => {
@@ -162,18 +189,7 @@ impl Replication {
                 let name = peer.to_string();
                 let _ = self.meta.call(move |s| s.reset_peer(&name)).await;
             }
-            Event::Gossip {
-                source,
-                origin,
-                message_id,
-                data,
-            } => {
-                let verdict = self.handle_gossip(origin.unwrap_or(source), data).await;
-                let _ = self
-                    .net
-                    .report_validation(message_id, source, verdict)
-                    .await;
-            }
+            gossip @ Event::Gossip { .. } => self.handle_gossip_batch(vec![gossip]).await,
             Event::Request { peer, data, reply } => {
                 // Requests may wait on the metadata owner: answer off the event loop.
                 let meta = self.meta.clone();
@@ -187,24 +203,98 @@ impl Replication {
         }
     }
 
-    async fn handle_gossip(&mut self, from: PeerId, data: Vec<u8>) -> Validation {
-        self.metrics.gossip_received.inc();
-        self.metrics.gossip_bytes_received.add(data.len() as u64);
-        let msg: Gossip = match wire::decode(&data) {
-            Ok(m) => m,
-            Err(e) => {
-                self.metrics.rejected_messages.inc();
-                tracing::warn!(peer = %from, error = %e, "malformed gossip");
-                return Validation::Reject;
+    /// Validates a batch of gossip by applying it: messages are grouped by document and each
+    /// group is applied in one call (one durable write); if a group fails, its messages are
+    /// applied one by one so only the malformed ones are rejected.
+    async fn handle_gossip_batch(&mut self, batch: Vec<Event>) {
+        let mut verdicts = Vec::with_capacity(batch.len());
+        let mut groups: HashMap<DocId, Vec<(usize, Vec<u8>)>> = HashMap::new();
+        let mut announcements = Vec::new();
+        // Who sent news of each document: where to pull a missing dependency from.
+        let mut senders: HashMap<DocId, PeerId> = HashMap::new();
+        for (i, ev) in batch.into_iter().enumerate() {
+            let Event::Gossip {
+                source,
+                origin,
+                message_id,
+                data,
+            } = ev
+            else {
+                continue;
+            };
+            let from = origin.unwrap_or(source);
+            self.metrics.gossip_received.inc();
+            self.metrics.gossip_bytes_received.add(data.len() as u64);
+            verdicts.push((message_id, source, Validation::Accept));
+            let decoded = wire::decode::<Gossip>(&data)
+                .ok()
+                .and_then(|m| m.doc.parse::<DocId>().ok().map(|d| (d, m)));
+            match decoded {
+                None => {
+                    self.metrics.rejected_messages.inc();
+                    tracing::warn!(peer = %from, "malformed gossip");
+                    verdicts[i].2 = Validation::Reject;
+                }
+                Some((doc, msg)) if msg.changes.is_empty() => {
+                    announcements.push((from, doc, msg.heads));
+                }
+                Some((doc, msg)) => {
+                    senders.insert(doc, from);
+                    groups.entry(doc).or_default().push((i, msg.changes));
+                }
             }
-        };
-        let Ok(doc) = msg.doc.parse::<DocId>() else {
-            self.metrics.rejected_messages.inc();
-            return Validation::Reject;
-        };
-        if msg.changes.is_empty() {
+        }
+        let applied = self
+            .meta
+            .call(move |s| {
+                let now = crate::clock::wall_ms();
+                let mut failed = Vec::new();
+                let mut incomplete = Vec::new();
+                for (doc, msgs) in groups {
+                    let joined: Vec<u8> =
+                        msgs.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+                    match s.apply_changes(doc, &joined, now) {
+                        Ok(outcome) => {
+                            if outcome.pending > 0 {
+                                incomplete.push(doc);
+                            }
+                        }
+                        Err(_) => {
+                            for (i, bytes) in &msgs {
+                                match s.apply_changes(doc, bytes, now) {
+                                    Ok(o) if o.pending > 0 => incomplete.push(doc),
+                                    Ok(_) => {}
+                                    Err(e) => failed.push((*i, e.to_string())),
+                                }
+                            }
+                        }
+                    }
+                }
+                (failed, incomplete)
+            })
+            .await;
+        match applied {
+            Ok((failed, incomplete)) => {
+                for (i, e) in failed {
+                    self.metrics.rejected_messages.inc();
+                    tracing::warn!(error = %e, "gossip rejected");
+                    verdicts[i].2 = Validation::Reject;
+                }
+                // Some dependency never arrived by gossip: fetch it by sync.
+                for doc in incomplete {
+                    if let Some(peer) = senders.get(&doc) {
+                        self.start_session(*peer, Some(doc));
+                    }
+                }
+            }
+            Err(_) => {
+                for v in &mut verdicts {
+                    v.2 = Validation::Ignore;
+                }
+            }
+        }
+        for (from, doc, heads) in announcements {
             // An announcement: pull the document if we miss any of its heads.
-            let heads = msg.heads.clone();
             let missing = self
                 .meta
                 .call(move |s| {
@@ -216,27 +306,9 @@ impl Replication {
             if missing {
                 self.start_session(from, Some(doc));
             }
-            return Validation::Accept;
         }
-        let changes = msg.changes;
-        let result = self
-            .meta
-            .call(move |s| s.apply_changes(doc, &changes, crate::clock::wall_ms()))
-            .await;
-        match result {
-            Ok(Ok(outcome)) => {
-                if outcome.pending > 0 {
-                    // Some dependency never arrived by gossip: fetch it by sync.
-                    self.start_session(from, Some(doc));
-                }
-                Validation::Accept
-            }
-            Ok(Err(e)) => {
-                self.metrics.rejected_messages.inc();
-                tracing::warn!(peer = %from, error = %e, "gossip rejected");
-                Validation::Reject
-            }
-            Err(_) => Validation::Ignore,
+        for (id, source, verdict) in verdicts {
+            let _ = self.net.report_validation(id, source, verdict).await;
         }
     }
 
