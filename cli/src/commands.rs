@@ -416,6 +416,7 @@ pub fn file_json(f: &pb::FileInfo) -> Value {
         "version": f.version,
         "blake3": hex::encode(&f.blake3),
         "modified": f.modified_ms,
+        "hlc": f.hlc,
     })
 }
 
@@ -429,6 +430,7 @@ fn version_json(v: &pb::VersionInfo) -> Value {
         "head": v.head,
         "blake3": hex::encode(&v.blake3),
         "restored_from": v.restored_from,
+        "hlc": v.hlc,
     })
 }
 
