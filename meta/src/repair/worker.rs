@@ -27,6 +27,8 @@ pub struct RepairConfig {
     pub copy_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Orders kept from one planning pass to start as earlier copies finish.
+    pub queue_limit: usize,
 }
 
 impl Default for RepairConfig {
@@ -37,6 +39,7 @@ impl Default for RepairConfig {
             copy_timeout: Duration::from_secs(120),
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
+            queue_limit: 100_000,
         }
     }
 }
@@ -56,6 +59,11 @@ struct Worker {
     backoff: HashMap<ChunkHash, Backoff>,
     /// Metadata digest the live set was computed from.
     live_digest: Option<[u8; 32]>,
+    /// Planned orders not started yet, fewest replicas first; refilled by every pass and
+    /// drained as copies finish, so the pipe stays full between passes.
+    queue: std::collections::VecDeque<Order>,
+    /// Chunkserver id -> address, as of the last pass.
+    addresses: HashMap<String, String>,
 }
 
 /// Runs the repair loop until `shutdown` turns true.
@@ -67,6 +75,8 @@ pub async fn run(shared: Arc<Shared>, config: RepairConfig, mut shutdown: watch:
         in_flight: HashSet::new(),
         backoff: HashMap::new(),
         live_digest: None,
+        queue: std::collections::VecDeque::new(),
+        addresses: HashMap::new(),
     };
     let mut tick = tokio::time::interval(w.config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -143,7 +153,7 @@ impl Worker {
                 me: &self.shared.node_id,
                 controllers: &controllers,
                 busy: &busy,
-                max_orders: self.config.concurrency * 4,
+                max_orders: self.config.queue_limit,
             };
             let p = plan::plan(&input, live.iter().map(|(c, s)| (*c, *s)));
             let draining: Vec<String> = servers
@@ -163,33 +173,9 @@ impl Worker {
         counters
             .total_chunks
             .store(live.len() as u64, Ordering::Relaxed);
-        let mut queued = the_plan.orders.len() as u64;
-        for order in the_plan.orders {
-            if self.in_flight.len() >= self.config.concurrency {
-                break;
-            }
-            if self.in_flight.contains(&order.chunk) {
-                continue;
-            }
-            let (Some(target), Some(source)) =
-                (addresses.get(&order.target), addresses.get(&order.source))
-            else {
-                continue;
-            };
-            self.in_flight.insert(order.chunk);
-            queued -= 1;
-            self.shared.metrics.repair_started.inc();
-            counters.in_flight.fetch_add(1, Ordering::Relaxed);
-            let (target, source) = (target.clone(), source.clone());
-            let timeout = self.config.copy_timeout;
-            self.tasks.spawn(async move {
-                let r = tokio::time::timeout(timeout, copy(&target, &source, &order.chunk))
-                    .await
-                    .unwrap_or_else(|_| Err("copy timed out".into()));
-                (order, r)
-            });
-        }
-        counters.queued.store(queued, Ordering::Relaxed);
+        self.addresses = addresses;
+        self.queue = the_plan.orders.into();
+        self.start_queued();
 
         for id in draining {
             tracing::info!(%id, "drain complete; removing chunkserver");
@@ -202,6 +188,39 @@ impl Worker {
                 })
                 .await;
         }
+    }
+
+    /// Starts queued orders until the concurrency limit is reached.
+    fn start_queued(&mut self) {
+        let counters = &self.shared.repair;
+        while self.in_flight.len() < self.config.concurrency {
+            let Some(order) = self.queue.pop_front() else {
+                break;
+            };
+            if self.in_flight.contains(&order.chunk) {
+                continue;
+            }
+            let (Some(target), Some(source)) = (
+                self.addresses.get(&order.target),
+                self.addresses.get(&order.source),
+            ) else {
+                continue;
+            };
+            self.in_flight.insert(order.chunk);
+            self.shared.metrics.repair_started.inc();
+            counters.in_flight.fetch_add(1, Ordering::Relaxed);
+            let (target, source) = (target.clone(), source.clone());
+            let timeout = self.config.copy_timeout;
+            self.tasks.spawn(async move {
+                let r = tokio::time::timeout(timeout, copy(&target, &source, &order.chunk))
+                    .await
+                    .unwrap_or_else(|_| Err("copy timed out".into()));
+                (order, r)
+            });
+        }
+        counters
+            .queued
+            .store(self.queue.len() as u64, Ordering::Relaxed);
     }
 
     /// Recomputes the live chunk set when the metadata digest moved.
@@ -260,8 +279,11 @@ impl Worker {
                         delay,
                     },
                 );
+                // Other orders for this chunk wait for the backoff too.
+                self.queue.retain(|o| o.chunk != order.chunk);
             }
         }
+        self.start_queued();
     }
 }
 
