@@ -410,6 +410,44 @@ async fn partitioned_controllers_heal_to_complete_replication() {
         .conflicts;
     assert_eq!(conflicts.len(), 1);
     assert_eq!(conflicts[0].versions.len(), 2);
+
+    // The user keeps the losing version: it becomes the head on both sides, conflict gone.
+    let loser = conflicts[0]
+        .versions
+        .iter()
+        .find(|v| v.version != conflicts[0].winner)
+        .unwrap()
+        .clone();
+    let kept = client
+        .resolve_conflict(authed(
+            pb::ResolveConflictRequest {
+                name: "same".into(),
+                version: loser.version.clone(),
+                after: 0,
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .file
+        .unwrap();
+    assert_eq!(kept.blake3, loser.blake3);
+    wait_until("the resolution reached both controllers", || async {
+        let (s0, s1) = (status(&c0.addr).await, status(&c1.addr).await);
+        s0.controller.unwrap().metadata_digest == s1.controller.unwrap().metadata_digest
+            && s0.conflicts == 0
+    })
+    .await;
+    let expected = if loser.size == 1000 {
+        &left[..1000]
+    } else {
+        &right[..2000]
+    };
+    assert_eq!(
+        get(std::slice::from_ref(&c0.addr), &token, work.path(), "same").await,
+        expected
+    );
     for s in &mut servers {
         s.stop().await;
     }

@@ -94,6 +94,21 @@ pub struct Api {
 }
 
 impl Shared {
+    /// Runs a query on the metadata owner and maps its errors to statuses.
+    pub async fn read<R, F>(&self, f: F) -> Result<R, Status>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut crate::store::MetaStore) -> Result<R, crate::error::MetaError>
+            + Send
+            + 'static,
+    {
+        self.meta
+            .call(f)
+            .await
+            .map_err(errors::stopped)?
+            .map_err(errors::status)
+    }
+
     /// The user named by the request's bearer token.
     pub async fn user<T>(&self, req: &Request<T>) -> Result<String, Status> {
         let token = req
@@ -267,11 +282,8 @@ impl ControllerService for Api {
         let user = r.user.clone();
         let ok = self
             .shared
-            .meta
-            .call(move |s| s.verify_password(&r.user, &r.password))
-            .await
-            .map_err(errors::stopped)?
-            .map_err(errors::status)?;
+            .read(move |s| s.verify_password(&r.user, &r.password))
+            .await?;
         if !ok {
             return Err(Status::unauthenticated("wrong user name or password"));
         }
@@ -400,13 +412,7 @@ impl ControllerService for Api {
         self.shared.metrics.api_calls.inc();
         let user = self.shared.user(&req).await?;
         let tags = req.into_inner().tags;
-        let files = self
-            .shared
-            .meta
-            .call(move |s| s.list(&user, &tags))
-            .await
-            .map_err(errors::stopped)?
-            .map_err(errors::status)?;
+        let files = self.shared.read(move |s| s.list(&user, &tags)).await?;
         Ok(Response::new(pb::ListResponse {
             files: files.iter().map(file_info).collect(),
         }))
@@ -529,13 +535,7 @@ impl ControllerService for Api {
         let user = self.shared.user(&req).await?;
         let name = req.into_inner().name;
         let n = name.clone();
-        let versions = self
-            .shared
-            .meta
-            .call(move |s| s.history(&user, &n))
-            .await
-            .map_err(errors::stopped)?
-            .map_err(errors::status)?;
+        let versions = self.shared.read(move |s| s.history(&user, &n)).await?;
         if versions.is_empty() {
             return Err(Status::not_found(format!("file {name:?} not found")));
         }
@@ -551,18 +551,9 @@ impl ControllerService for Api {
         self.shared.metrics.api_calls.inc();
         let user = self.shared.user(&req).await?;
         let r = req.into_inner();
-        let after = after(r.after);
         let file = self
-            .shared
-            .meta
-            .mutate(move |s| {
-                let vid = full_vid(s, &user, &r.name, &r.version)?;
-                let (_, c) = s.restore(&user, &r.name, &vid, wall_ms(), after)?;
-                let f = s.file(&user, &r.name)?;
-                Ok((file_or_not_found(f, &r.name), vec![c]))
-            })
-            .await
-            .map_err(errors::status)??;
+            .new_head(user, r.name, r.version, r.after, HeadChange::Restore)
+            .await?;
         Ok(Response::new(pb::RestoreResponse {
             file: Some(file_info(&file)),
         }))
@@ -574,13 +565,7 @@ impl ControllerService for Api {
     ) -> Result<Response<pb::ConflictsResponse>, Status> {
         self.shared.metrics.api_calls.inc();
         let user = self.shared.user(&req).await?;
-        let conflicts = self
-            .shared
-            .meta
-            .call(move |s| s.conflicts(&user))
-            .await
-            .map_err(errors::stopped)?
-            .map_err(errors::status)?;
+        let conflicts = self.shared.read(move |s| s.conflicts(&user)).await?;
         Ok(Response::new(pb::ConflictsResponse {
             conflicts: conflicts
                 .iter()
@@ -600,18 +585,15 @@ impl ControllerService for Api {
         self.shared.metrics.api_calls.inc();
         let user = self.shared.user(&req).await?;
         let r = req.into_inner();
-        let after = after(r.after);
         let file = self
-            .shared
-            .meta
-            .mutate(move |s| {
-                let vid = full_vid(s, &user, &r.name, &r.version)?;
-                let (_, c) = s.resolve_conflict(&user, &r.name, &vid, wall_ms(), after)?;
-                let f = s.file(&user, &r.name)?;
-                Ok((file_or_not_found(f, &r.name), vec![c]))
-            })
-            .await
-            .map_err(errors::status)??;
+            .new_head(
+                user,
+                r.name,
+                r.version,
+                r.after,
+                HeadChange::ResolveConflict,
+            )
+            .await?;
         Ok(Response::new(pb::ResolveConflictResponse {
             file: Some(file_info(&file)),
         }))
@@ -626,7 +608,43 @@ impl ControllerService for Api {
     }
 }
 
+/// The two ways a user picks an earlier version as the new head.
+#[derive(Debug, Clone, Copy)]
+enum HeadChange {
+    /// A new version with the old content (also undeletes).
+    Restore,
+    /// A new version superseding every current conflict candidate.
+    ResolveConflict,
+}
+
 impl Api {
+    /// Makes version `version` (an id or a unique prefix) of `name` the head again.
+    async fn new_head(
+        &self,
+        user: String,
+        name: String,
+        version: String,
+        after_ts: u64,
+        how: HeadChange,
+    ) -> Result<FileView, Status> {
+        let after = after(after_ts);
+        self.shared
+            .meta
+            .mutate(move |s| {
+                let vid = full_vid(s, &user, &name, &version)?;
+                let (_, c) = match how {
+                    HeadChange::Restore => s.restore(&user, &name, &vid, wall_ms(), after)?,
+                    HeadChange::ResolveConflict => {
+                        s.resolve_conflict(&user, &name, &vid, wall_ms(), after)?
+                    }
+                };
+                let f = s.file(&user, &name)?;
+                Ok((file_or_not_found(f, &name), vec![c]))
+            })
+            .await
+            .map_err(errors::status)?
+    }
+
     async fn change_tags(
         &self,
         req: Request<pb::TagsRequest>,
