@@ -1,0 +1,211 @@
+//! `metadata_scale`: save, load and resident memory of the metadata for 100k and 1M files.
+//!
+//! The files are added through `MetaStore::add_version` on in-memory storage (fast to fill);
+//! "save" is compacting every document (`Automerge::save`) plus writing the snapshots to the
+//! controller's RocksDB storage with synced writes; "load" is `MetaStore::open` on that
+//! storage, measured in a child process (this bench binary re-executed) so its resident memory
+//! before and after the load is the documents' alone.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use redcloud_meta::{MemStorage, MetaStore, NodeId, RocksStorage};
+use serde::{Deserialize, Serialize};
+
+use crate::Profile;
+use crate::cluster::{USER, version};
+use crate::results::{Report, Target, ms};
+
+const BENCH: &str = "metadata_scale";
+/// Environment variable that turns the bench binary into the load child.
+pub const CHILD_ENV: &str = "REDCLOUD_BENCH_SCALE_LOAD";
+const NODE: &str = "scale-bench";
+
+/// What the load child reports.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Loaded {
+    pub files: usize,
+    pub load_s: f64,
+    pub rss_before: u64,
+    pub rss_after: u64,
+}
+
+/// Resident set size of this process, from `/proc/self/status`.
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The child's work: open the store saved in `dir` and report time and memory.
+pub fn child_load(dir: &Path) -> Result<Loaded> {
+    let storage = RocksStorage::open(dir.join("meta"))?;
+    let rss_before = rss_bytes();
+    let start = Instant::now();
+    let store = MetaStore::open(
+        Box::new(storage),
+        redcloud_meta::Config::new(NodeId::new(NODE)?),
+    )?;
+    let load_s = start.elapsed().as_secs_f64();
+    let rss_after = rss_bytes();
+    let files = store.file_count()?;
+    Ok(Loaded {
+        files,
+        load_s,
+        rss_before,
+        rss_after,
+    })
+}
+
+/// Runs `metadata_scale` for each size of the profile.
+pub async fn run(report: &mut Report, profile: Profile) -> Result<()> {
+    let sizes: &[usize] = match profile {
+        Profile::Full => &[100_000, 1_000_000],
+        Profile::Quick => &[5_000],
+    };
+    for &files in sizes {
+        let r = tokio::task::spawn_blocking(move || one(files)).await??;
+        let case = format!("{}k files", files / 1000);
+        let per_100k = 100_000.0 / files as f64;
+        report.info(
+            BENCH,
+            &case,
+            "fill (add_version, memory storage)",
+            r.fill_rate,
+            "files/s",
+        );
+        report.info(
+            BENCH,
+            &case,
+            "saved size per file",
+            r.saved_bytes as f64 / files as f64,
+            "B",
+        );
+        report.info(
+            BENCH,
+            &case,
+            "save: Automerge::save of all docs",
+            ms(r.save.0),
+            "ms",
+        );
+        report.info(
+            BENCH,
+            &case,
+            "save: synced RocksDB write",
+            ms(r.save.1),
+            "ms",
+        );
+        report.figure(
+            BENCH,
+            &case,
+            "save per 100k files",
+            ms(r.save.0 + r.save.1) * per_100k,
+            "ms",
+            Some(Target::AtMost(150.0)),
+            "",
+        );
+        report.info(BENCH, &case, "load time", r.loaded.load_s * 1e3, "ms");
+        report.figure(
+            BENCH,
+            &case,
+            "load rate",
+            r.loaded.files as f64 / r.loaded.load_s,
+            "files/s",
+            Some(Target::AtLeast(100_000.0)),
+            "",
+        );
+        report.figure(
+            BENCH,
+            &case,
+            "resident memory per file",
+            r.loaded.rss_after.saturating_sub(r.loaded.rss_before) as f64 / files as f64,
+            "B",
+            Some(Target::AtMost(500.0)),
+            "RSS growth of a fresh process across MetaStore::open",
+        );
+    }
+    Ok(())
+}
+
+struct Scale {
+    fill_rate: f64,
+    saved_bytes: usize,
+    save: (std::time::Duration, std::time::Duration),
+    loaded: Loaded,
+}
+
+fn one(files: usize) -> Result<Scale> {
+    let node = NodeId::new(NODE)?;
+    let mut store = MetaStore::open(
+        Box::new(MemStorage::new()),
+        redcloud_meta::Config::new(node.clone()),
+    )?;
+    let start = Instant::now();
+    let now = redcloud_meta::clock::wall_ms();
+    for i in 0..files {
+        store.add_version(
+            USER,
+            &format!("file-{i:07}"),
+            version((i % 251) as u8, 2),
+            now,
+            None,
+        )?;
+    }
+    let fill_rate = files as f64 / start.elapsed().as_secs_f64();
+    let docs = store.docs();
+    let start = Instant::now();
+    store.compact_all()?;
+    let automerge_save = start.elapsed();
+    let mut memory = store.into_storage();
+    let mut snapshots = Vec::new();
+    for d in &docs {
+        let name = d.to_string();
+        let snapshot = memory.load(&name)?.snapshot.context("compacted")?;
+        snapshots.push((name, snapshot));
+    }
+    drop(memory);
+    let saved_bytes = snapshots.iter().map(|(_, s)| s.len()).sum();
+
+    let dir = tempfile::tempdir()?;
+    let rocks = RocksStorage::open(dir.path().join("meta"))?;
+    let mut storage =
+        MetaStore::open(Box::new(rocks), redcloud_meta::Config::new(node))?.into_storage();
+    let start = Instant::now();
+    for (name, snapshot) in &snapshots {
+        storage.compact(name, snapshot)?;
+    }
+    let rocks_write = start.elapsed();
+    drop(storage);
+    drop(snapshots);
+
+    let exe = std::env::current_exe()?;
+    let out = Command::new(exe)
+        .env(CHILD_ENV, dir.path())
+        .output()
+        .context("starting the load child")?;
+    if !out.status.success() {
+        bail!(
+            "load child failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().context("load child printed nothing")?;
+    let loaded: Loaded = serde_json::from_str(line)?;
+    if loaded.files != files {
+        bail!("loaded {} files, saved {files}", loaded.files);
+    }
+    Ok(Scale {
+        fill_rate,
+        saved_bytes,
+        save: (automerge_save, rocks_write),
+        loaded,
+    })
+}
