@@ -178,7 +178,9 @@ impl Replication {
         match event {
             Event::PeerConnected(peer) => {
                 self.peers.lock().connected.insert(peer);
-                self.start_session(peer, None);
+                if self.initiates(peer) {
+                    self.start_session(peer, None);
+                }
             }
             Event::PeerDisconnected(peer) => {
                 {
@@ -195,8 +197,9 @@ impl Replication {
                 let meta = self.meta.clone();
                 let net = self.net.clone();
                 let metrics = self.metrics.clone();
+                let peers = self.peers.clone();
                 tokio::spawn(async move {
-                    let response = answer(&meta, &metrics, peer, &data).await;
+                    let response = answer(&meta, &metrics, &peers, peer, &data).await;
                     let _ = net.respond(reply, wire::encode(&response)).await;
                 });
             }
@@ -315,8 +318,17 @@ impl Replication {
     fn handle_tick(&mut self) {
         let peers: Vec<PeerId> = self.peers.lock().connected.iter().copied().collect();
         for p in peers {
-            self.start_session(p, None);
+            if self.initiates(p) {
+                self.start_session(p, None);
+            }
         }
+    }
+
+    /// Of each pair of controllers, the one with the smaller peer id runs the periodic
+    /// anti-entropy session (the sync protocol moves changes both ways), so a pair costs one
+    /// exchange per period, not two.
+    fn initiates(&self, peer: PeerId) -> bool {
+        self.net.local_peer_id() < peer
     }
 
     fn handle_session_done(&mut self, done: Result<(PeerId, bool), tokio::task::JoinError>) {
@@ -350,16 +362,18 @@ impl Replication {
     }
 }
 
-/// Per-document digests of our heads.
-async fn digests(meta: &MetaHandle) -> Result<Vec<DocDigest>, String> {
+/// Our total digest and per-document digests of our heads.
+async fn digests(meta: &MetaHandle) -> Result<(Vec<u8>, Vec<DocDigest>), String> {
     meta.call(|s| {
-        s.docs()
+        let docs = s
+            .docs()
             .into_iter()
             .map(|doc| DocDigest {
                 doc: doc.to_string(),
                 digest: heads_digest(&s.heads(doc).unwrap_or_default()),
             })
-            .collect()
+            .collect();
+        (s.digest().to_vec(), docs)
     })
     .await
     .map_err(|e| e.to_string())
@@ -386,11 +400,15 @@ async fn session(
     let differing: Vec<DocId> = match only {
         Some(doc) => vec![doc],
         None => {
-            let ours = digests(meta).await?;
+            let (total, ours) = digests(meta).await?;
             let req = PeerRequest {
-                request: Some(Request::Digests(wire::Digests { docs: ours.clone() })),
+                request: Some(Request::Digests(wire::Digests {
+                    docs: Vec::new(),
+                    total: total.clone(),
+                })),
             };
             let theirs = match call(net, metrics, peer, &req).await? {
+                Response::Digests(d) if d.total == total => return Ok(true),
                 Response::Digests(d) => d.docs,
                 other => return Err(format!("unexpected answer to digests: {other:?}")),
             };
@@ -463,8 +481,15 @@ async fn call(
     }
 }
 
-/// Answers a peer's request.
-async fn answer(meta: &MetaHandle, metrics: &Metrics, peer: PeerId, data: &[u8]) -> PeerResponse {
+/// Answers a peer's request. An exchange that finds the documents equal counts as this
+/// side's proof of being in sync with the peer, as it does for the side that asked.
+async fn answer(
+    meta: &MetaHandle,
+    metrics: &Metrics,
+    peers: &SharedPeers,
+    peer: PeerId,
+    data: &[u8],
+) -> PeerResponse {
     metrics.requests_received.inc();
     metrics.request_bytes_received.add(data.len() as u64);
     let response = match wire::decode::<PeerRequest>(data) {
@@ -474,9 +499,16 @@ async fn answer(meta: &MetaHandle, metrics: &Metrics, peer: PeerId, data: &[u8])
         }
         Ok(PeerRequest { request: None }) => Response::Error("empty request".into()),
         Ok(PeerRequest {
-            request: Some(Request::Digests(_)),
+            request: Some(Request::Digests(theirs)),
         }) => match digests(meta).await {
-            Ok(docs) => Response::Digests(wire::Digests { docs }),
+            Ok((total, _)) if total == theirs.total => {
+                peers.lock().last_equal.insert(peer, Instant::now());
+                Response::Digests(wire::Digests {
+                    docs: Vec::new(),
+                    total,
+                })
+            }
+            Ok((total, docs)) => Response::Digests(wire::Digests { docs, total }),
             Err(e) => Response::Error(e),
         },
         Ok(PeerRequest {

@@ -38,7 +38,7 @@ pub struct PeerRequest {
 
 #[derive(Clone, PartialEq, prost::Oneof)]
 pub enum Request {
-    /// "Here are my per-document digests; send yours."
+    /// "Here is my total digest; if yours differs, send your per-document digests."
     #[prost(message, tag = "1")]
     Digests(Digests),
     /// One step of the Automerge sync protocol for one document.
@@ -66,8 +66,13 @@ pub enum Response {
 
 #[derive(Clone, PartialEq, Message)]
 pub struct Digests {
+    /// Per-document digests; a request carries none, an answer carries them only when the
+    /// totals differ.
     #[prost(message, repeated, tag = "1")]
     pub docs: Vec<DocDigest>,
+    /// Digest of every document's heads: equal totals end the exchange in one small round trip.
+    #[prost(bytes = "vec", tag = "2")]
+    pub total: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, Message)]
