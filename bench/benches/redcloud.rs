@@ -73,7 +73,7 @@ fn main() -> anyhow::Result<()> {
     let mut report = if filters.is_empty() {
         Report::create(run)?
     } else {
-        Report::append()?
+        Report::append(run)?
     };
     println!("results: {}", report.path().display());
 

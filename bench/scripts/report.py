@@ -43,23 +43,28 @@ def fmt(value):
 
 
 def render(lines):
-    run = {}
+    runs = []
     rows = {}
     order = []
     for line in lines:
         rec = json.loads(line)
         if "run" in rec:
-            run = rec["run"]
+            runs.append(rec["run"])
             continue
         key = (rec["bench"], rec["case"], rec["metric"])
         if key not in rows:
             order.append(key)
         rows[key] = rec
-    when = datetime.datetime.fromtimestamp(run.get("unix_time", 0), datetime.timezone.utc)
-    commit = run.get("commit", "?") + (" (with uncommitted changes)" if run.get("dirty") else "")
-    out = [
-        f"Run of {when:%Y-%m-%d %H:%M} UTC, commit `{commit}`, profile {run.get('profile', '?')}, "
-        f"{run.get('cpus', '?')} CPUs.",
+    out = []
+    for i, run in enumerate(runs or [{}]):
+        when = datetime.datetime.fromtimestamp(run.get("unix_time", 0), datetime.timezone.utc)
+        commit = run.get("commit", "?") + (" (with uncommitted changes)" if run.get("dirty") else "")
+        what = "Run" if i == 0 else "Then re-ran " + ", ".join(run.get("selected", [])) + ","
+        out.append(
+            f"{what} {when:%Y-%m-%d %H:%M} UTC, commit `{commit}`, profile {run.get('profile', '?')}, "
+            f"{run.get('cpus', '?')} CPUs; later runs replace the figures they cover."
+        )
+    out += [
         "",
         "| benchmark | case | figure | value | target | |",
         "|---|---|---|---:|---|---|",

@@ -112,7 +112,7 @@ pub async fn run(report: &mut Report, profile: Profile) -> Result<()> {
         t.round_trips as f64,
         "",
         Some(Target::AtMost(1.0)),
-        "each side starts a session on connect",
+        "one session per pair, started by the smaller peer id",
     );
     report.info(BENCH, "equal docs", "time to equal", ms(took), "ms");
 

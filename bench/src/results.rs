@@ -75,10 +75,15 @@ impl Report {
         Ok(Report { file, path })
     }
 
-    /// Appends to an existing results file (a benchmark run on its own).
-    pub fn append() -> anyhow::Result<Report> {
+    /// Appends to an existing results file (a benchmark run on its own), with its own header
+    /// line so the report can say which figures came from which run.
+    pub fn append(run: serde_json::Value) -> anyhow::Result<Report> {
         let path = results_path();
-        let file = OpenOptions::new().append(true).create(true).open(&path)?;
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let mut file = OpenOptions::new().append(true).create(true).open(&path)?;
+        writeln!(file, "{}", serde_json::json!({ "run": run }))?;
         Ok(Report { file, path })
     }
 
