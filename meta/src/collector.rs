@@ -87,7 +87,6 @@ async fn pass(shared: &Arc<Shared>, config: &GcConfig, tracker: &mut OrphanTrack
         .map(|p| p.to_string())
         .collect();
     controllers.push(shared.node_id.clone());
-    let live = shared.live.read().clone();
     let (deletions, addresses) = {
         let reg = shared.registry.lock();
         let input = gc::Input {
@@ -99,7 +98,7 @@ async fn pass(shared: &Arc<Shared>, config: &GcConfig, tracker: &mut OrphanTrack
             controllers: &controllers,
             max_deletions: config.max_deletions,
         };
-        let d = tracker.plan(&input, |c| live.contains_key(c));
+        let d = tracker.plan(&input, |c| shared.live.contains(c));
         let addresses: std::collections::HashMap<String, String> = reg
             .servers()
             .map(|s| (s.id.clone(), s.address.clone()))

@@ -34,6 +34,7 @@ pub mod gc;
 pub mod handle;
 pub mod hlc;
 pub mod http;
+pub mod live;
 pub mod metrics;
 pub mod names;
 pub mod node;

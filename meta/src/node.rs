@@ -212,7 +212,7 @@ pub async fn start(config: ControllerConfig, listener: TcpListener) -> Result<Co
         },
         secrets: RwLock::new(secrets),
         signing,
-        live: RwLock::new(Arc::new(HashMap::new())),
+        live: Default::default(),
         repair: RepairCounters::default(),
         members: Mutex::new(members),
         pulling: Mutex::new(HashSet::new()),

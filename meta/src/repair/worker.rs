@@ -126,7 +126,7 @@ impl Worker {
             .collect();
         controllers.push(self.shared.node_id.clone());
         controllers.sort();
-        let live = self.shared.live.read().clone();
+        let live = self.shared.live.snapshot();
 
         let (the_plan, addresses, draining) = {
             let mut reg = self.shared.registry.lock();
@@ -226,6 +226,7 @@ impl Worker {
     /// Recomputes the live chunk set when the metadata digest moved.
     async fn refresh_live(&mut self) -> Result<(), String> {
         let last = self.live_digest;
+        let generation = self.shared.live.begin_refresh();
         let fresh = self
             .shared
             .meta
@@ -240,7 +241,9 @@ impl Worker {
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         if let Some((digest, live)) = fresh {
-            *self.shared.live.write() = Arc::new(live.into_iter().collect());
+            self.shared
+                .live
+                .replace(live.into_iter().collect(), generation);
             self.live_digest = Some(digest);
         }
         Ok(())

@@ -76,9 +76,9 @@ pub struct Shared {
     pub secrets: RwLock<Vec<Secret>>,
     /// The key this controller signs with.
     pub signing: Secret,
-    /// Every chunk referenced by a retained version, with its size (refreshed by the repair
-    /// loop, extended by commits).
-    pub live: RwLock<Arc<HashMap<ChunkHash, u64>>>,
+    /// Every chunk referenced by a retained version (refreshed by the repair loop, extended
+    /// by commits).
+    pub live: crate::live::LiveChunks,
     pub repair: RepairCounters,
     /// Chunkserver membership as last written to the cluster document (id -> address, zone),
     /// so heartbeats only write when something changed.
@@ -311,7 +311,6 @@ impl ControllerService for Api {
         if targets.is_empty() {
             return Err(Status::unavailable("no live chunkserver to upload to"));
         }
-        let live = self.shared.live.read().clone();
         let reg = self.shared.registry.lock();
         let mut plans = Vec::with_capacity(r.chunks.len());
         for c in &r.chunks {
@@ -324,7 +323,7 @@ impl ControllerService for Api {
             }
             // Deduplicate only against chunks a retained version references and a live server
             // holds: an orphan may be garbage-collected before this upload commits.
-            let exists = live.contains_key(&h) && reg.has_healthy_copy(&h, now);
+            let exists = self.shared.live.contains(&h) && reg.has_healthy_copy(&h, now);
             plans.push(pb::ChunkPlan {
                 id: c.id.clone(),
                 exists,
@@ -391,15 +390,8 @@ impl ControllerService for Api {
             })
             .await
             .map_err(errors::status)??;
-        {
-            // Make the new chunks count as live at once (the repair loop refreshes the rest).
-            let mut live = self.shared.live.write();
-            if chunks.iter().any(|(h, _)| !live.contains_key(h)) {
-                let mut next = (**live).clone();
-                next.extend(chunks);
-                *live = Arc::new(next);
-            }
-        }
+        // The new chunks count as live at once (the repair loop refreshes the rest).
+        self.shared.live.add(chunks);
         Ok(Response::new(pb::CommitFileResponse {
             file: Some(file_info(&file)),
         }))

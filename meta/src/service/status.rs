@@ -57,7 +57,7 @@ pub async fn status(shared: &Shared) -> Result<pb::StatusResponse, Status> {
         .iter()
         .map(|p| p.to_string())
         .collect();
-    let live = shared.live.read().clone();
+    let live = shared.live.merged();
     let now = wall_ms();
     let reg = shared.registry.lock();
     let mut seen = HashSet::new();
