@@ -2,6 +2,8 @@
 //! to end, chunkserver failure and fill, partition healing to complete replication, GC
 //! safety, and every auth failure and bad request answering the right status.
 
+mod common;
+
 use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -15,6 +17,8 @@ use redcloud_proto::controller::controller_service_client::ControllerServiceClie
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::Code;
+
+use common::bytes as data;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -161,18 +165,6 @@ async fn wait_active(addr: &str, n: usize) {
             == n
     })
     .await;
-}
-
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn session(token: &str) -> Session {

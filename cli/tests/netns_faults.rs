@@ -8,13 +8,14 @@
 //! (`REDCLOUD_NETNS_REQUIRED=1` turns that into a failure, as in CI). Scenarios run one at a
 //! time (the lab holds a lock), so they never fight for the CPU.
 
+mod common;
 mod netns;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use netns::client::bytes;
+use common::bytes;
 use netns::{Discovery, Lab, Ledger};
 
 /// Bound on a cluster reaching full convergence after a start or a fault ends.

@@ -330,7 +330,6 @@ mod tests {
         r.heartbeat(report("idle", &[c(1)], &[], &[c(1)]), 0);
         r.heartbeat(report("dead", &[c(1)], &[], &[c(1)]), 0);
         // Keep busy and idle alive; dead stops reporting.
-        r.heartbeat(report("busy", &[], &[], &[c(1)]), 2_000);
         r.heartbeat(report("idle", &[], &[], &[c(1)]), 2_000);
         let mut b = report("busy", &[], &[], &[c(1)]);
         b.used_bytes = 90;

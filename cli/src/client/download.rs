@@ -58,7 +58,10 @@ pub async fn download(
     }
 
     let tmp = temp_path(output);
-    let guard = TempFile(tmp.clone());
+    let mut guard = TempFile {
+        path: tmp.clone(),
+        keep: false,
+    };
     let out = OpenOptions::new()
         .write(true)
         .read(true)
@@ -120,7 +123,7 @@ pub async fn download(
     out.sync_all().context("flushing the downloaded file")?;
     std::fs::rename(&tmp, output)
         .with_context(|| format!("cannot move the download to {}", output.display()))?;
-    std::mem::forget(guard);
+    guard.keep = true;
     Ok(file)
 }
 
@@ -179,11 +182,16 @@ fn hash_file(path: &Path) -> Result<[u8; 32]> {
     }
 }
 
-/// Removes the temporary file unless the download completed.
-struct TempFile(PathBuf);
+/// Removes the temporary file unless the download completed (`keep`).
+struct TempFile {
+    path: PathBuf,
+    keep: bool,
+}
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
