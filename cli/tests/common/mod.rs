@@ -339,9 +339,10 @@ impl Client {
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift), so a failure reproduces.
+/// Deterministic pseudo-random bytes (xorshift), so a failure reproduces. The seed is mixed
+/// first, so neighbouring seeds (20 and 21) give unrelated streams, not the same one.
 pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(len);
     while out.len() < len {
         x ^= x << 13;
