@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use parking_lot::Mutex;
+use redcloud_meta::clock::NodeClock;
 use redcloud_meta::files::NewVersion;
 use redcloud_meta::handle::MetaHandle;
 use redcloud_meta::metrics::Metrics;
-use redcloud_meta::replication::{PeerView, Replication, ReplicationConfig};
+use redcloud_meta::peers::Peers;
+use redcloud_meta::replication::{Replication, ReplicationConfig, ReplicationParts};
 use redcloud_meta::{Commit, MetaStore, NodeId, RocksStorage};
 use redcloud_p2p::{Handle, PeerId};
 use tempfile::TempDir;
@@ -177,17 +178,25 @@ async fn start_node(
     let (meta, commits) = MetaHandle::spawn(store);
     let metrics = Arc::new(Metrics::default());
     let replication = Replication::new(
-        net.clone(),
-        meta.clone(),
+        ReplicationParts {
+            net: net.clone(),
+            meta: meta.clone(),
+            peers: Arc::new(Peers::default()),
+            clock: Arc::new(NodeClock::new(0, redcloud_meta::clock::DEFAULT_MAX_SKEW_MS)),
+            metrics: metrics.clone(),
+        },
         ReplicationConfig {
             interval: sync_interval,
             ..ReplicationConfig::default()
         },
-        Arc::new(Mutex::new(PeerView::default())),
-        metrics.clone(),
     );
     let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(replication.run(net_events, commits, stop_rx));
+    let task = tokio::spawn(async move {
+        let (mut net_events, mut commits) = (net_events, commits);
+        replication
+            .run(&mut net_events, &mut commits, stop_rx)
+            .await;
+    });
     Ok(Node {
         index,
         meta,
@@ -212,7 +221,7 @@ impl Node {
                     USER,
                     &name,
                     version(seed, 2),
-                    redcloud_meta::clock::wall_ms(),
+                    redcloud_meta::clock::system_ms(),
                     None,
                 )?;
                 Ok((c.clone(), vec![c]))

@@ -59,7 +59,7 @@ pub fn store_loop(count: usize) -> Result<f64> {
             USER,
             &format!("f-{i}"),
             version(1, 2),
-            redcloud_meta::clock::wall_ms(),
+            redcloud_meta::clock::system_ms(),
             None,
         )?;
     }
@@ -92,7 +92,7 @@ pub async fn run(report: &mut Report, profile: Profile) -> Result<()> {
                     USER,
                     &format!("c-{i}"),
                     version(1, 2),
-                    redcloud_meta::clock::wall_ms(),
+                    redcloud_meta::clock::system_ms(),
                     None,
                 )?;
                 Ok(((), vec![c]))

@@ -268,7 +268,7 @@ pub fn raw_reference(n: usize, samples: usize) -> Result<Vec<Duration>> {
             USER,
             &format!("r-{i}"),
             version(7, 2),
-            redcloud_meta::clock::wall_ms(),
+            redcloud_meta::clock::system_ms(),
             None,
         )?;
         let index = docs.iter().position(|d| *d == commit.doc).unwrap_or(0) as u16;
@@ -356,7 +356,7 @@ pub async fn throughput(report: &mut Report, profile: Profile, n: usize) -> Resu
                         USER,
                         &format!("t-{i}"),
                         version(3, 2),
-                        redcloud_meta::clock::wall_ms(),
+                        redcloud_meta::clock::system_ms(),
                         None,
                     )?;
                     Ok(((), vec![c]))

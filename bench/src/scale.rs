@@ -148,7 +148,7 @@ fn one(files: usize) -> Result<Scale> {
         redcloud_meta::Config::new(node.clone()),
     )?;
     let start = Instant::now();
-    let now = redcloud_meta::clock::wall_ms();
+    let now = redcloud_meta::clock::system_ms();
     for i in 0..files {
         store.add_version(
             USER,

@@ -39,6 +39,7 @@ use tracing::Instrument as _;
 
 use crate::id::ChunkId;
 use crate::inventory_log::Delta;
+use crate::lineage::Lineage;
 use crate::metrics::{Metrics, add};
 use crate::node::{NodeIdentity, is_host_port};
 use crate::store::{InventorySnapshot, TrackedStore};
@@ -223,6 +224,7 @@ pub struct HeartbeatWorker {
     store: Arc<TrackedStore>,
     metrics: Arc<Metrics>,
     node: NodeIdentity,
+    lineage: Arc<Lineage>,
     config: HeartbeatConfig,
     controllers: ControllerSet,
     clients: HashMap<String, RegistryServiceClient<Channel>>,
@@ -239,6 +241,7 @@ impl HeartbeatWorker {
         store: Arc<TrackedStore>,
         metrics: Arc<Metrics>,
         node: NodeIdentity,
+        lineage: Arc<Lineage>,
         config: HeartbeatConfig,
         stop: CancellationToken,
     ) -> JoinHandle<()> {
@@ -247,6 +250,7 @@ impl HeartbeatWorker {
             store,
             metrics,
             node,
+            lineage,
             config,
             clients: HashMap::new(),
             stop,
@@ -352,6 +356,12 @@ impl HeartbeatWorker {
                 for learned in self.controllers.learn(&response.controllers) {
                     tracing::info!(controller = %learned, from = %address, "learned controller");
                 }
+                match self.lineage.learn(&response.lineage) {
+                    Ok(true) => tracing::info!(from = %address, lineage = ?self.lineage.known(),
+                        "learned cluster lineage"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot persist the cluster lineage"),
+                }
             }
             Err(error) => {
                 add(&self.metrics.heartbeats_failed, 1);
@@ -376,6 +386,8 @@ impl HeartbeatWorker {
             inventory_digest: Bytes::copy_from_slice(&delta.digest),
             added: delta.added.iter().map(wire).collect(),
             removed: delta.removed.iter().map(wire).collect(),
+            wall_ms: crate::store::now_ms(),
+            lineage: self.lineage.known(),
         }
     }
 

@@ -31,6 +31,7 @@ pub mod error;
 pub mod heartbeat;
 pub mod id;
 pub mod inventory_log;
+pub mod lineage;
 pub mod metrics;
 pub mod node;
 pub mod scrub;

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub corrupt_reads: AtomicU64,
     /// Chunks deleted by DeleteChunk.
     pub chunks_deleted: AtomicU64,
+    /// Deletes refused because the controller's lineage did not cover this server's.
+    pub deletes_refused: AtomicU64,
     /// ReplicateChunk calls that failed because the source could not provide the chunk.
     pub replication_source_failures: AtomicU64,
     /// Chunks whose hash the scrub worker checked.
@@ -118,7 +120,7 @@ impl Metrics {
 
     /// The counters plus the store's totals in the Prometheus text exposition format.
     pub fn render_prometheus(&self, stats: &StoreStats) -> String {
-        let counters: [(&str, &str, &AtomicU64); 14] = [
+        let counters: [(&str, &str, &AtomicU64); 15] = [
             (
                 "chunks_written",
                 "Chunks newly stored.",
@@ -145,6 +147,11 @@ impl Metrics {
                 "chunks_deleted",
                 "Chunks deleted on request.",
                 &self.chunks_deleted,
+            ),
+            (
+                "deletes_refused",
+                "Deletes refused: the controller had not seen this server's cluster state.",
+                &self.deletes_refused,
             ),
             (
                 "replication_source_failures",

@@ -16,6 +16,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::heartbeat::{HeartbeatConfig, HeartbeatWorker};
 use crate::inventory_log::DEFAULT_INVENTORY_LOG_CAPACITY;
+use crate::lineage::Lineage;
 use crate::metrics::Metrics;
 use crate::node::{self, ChunkserverConfig, NodeIdentity, STORE_DIR};
 use crate::scrub::{ScrubConfig, ScrubWorker};
@@ -34,6 +35,7 @@ pub struct Chunkserver {
     node: NodeIdentity,
     scrub: ScrubConfig,
     heartbeat: HeartbeatConfig,
+    lineage: Arc<Lineage>,
 }
 
 impl Chunkserver {
@@ -53,7 +55,14 @@ impl Chunkserver {
             node,
             scrub,
             heartbeat: HeartbeatConfig::new(Vec::new()),
+            lineage: Arc::new(Lineage::in_memory()),
         }
+    }
+
+    /// Guards deletes with `lineage` (default: an empty one kept in memory).
+    pub fn with_lineage(mut self, lineage: Arc<Lineage>) -> Self {
+        self.lineage = lineage;
+        self
     }
 
     /// Reports to the controllers in `config` (none: no heartbeat).
@@ -93,11 +102,12 @@ impl Chunkserver {
             self.store.clone(),
             self.metrics.clone(),
             self.node.clone(),
+            self.lineage.clone(),
             self.heartbeat,
             stop.clone(),
         );
         tracing::info!(id = %self.node.id, %local, address = %self.node.address, "chunkserver serving");
-        let service = ChunkServiceImpl::new(self.store, self.metrics, self.node);
+        let service = ChunkServiceImpl::new(self.store, self.metrics, self.node, self.lineage);
         let service = ChunkServiceServer::new(service)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -140,6 +150,7 @@ pub async fn run(
     };
     let store =
         tokio::task::spawn_blocking(move || RocksStore::open(&store_dir, options)).await??;
+    let lineage = Lineage::open(&config.data_dir).context("loading the lineage")?;
     let local = listener
         .local_addr()
         .context("reading the listener's address")?;
@@ -159,6 +170,7 @@ pub async fn run(
     };
     Chunkserver::tracked(Arc::new(store), node, scrub)
         .with_heartbeat(heartbeat)
+        .with_lineage(Arc::new(lineage))
         .serve(listener, shutdown)
         .await
 }

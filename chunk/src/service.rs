@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::client;
 use crate::error::{id_status, join_status, parse_id, rejection_of, store_status};
 use crate::id::ChunkId;
+use crate::lineage::Lineage;
 use crate::metrics::{Gauge, Metrics, Rejection, add, get};
 use crate::node::NodeIdentity;
 use crate::store::{
@@ -47,6 +48,7 @@ pub struct ChunkServiceImpl {
     store: Arc<dyn ChunkStore>,
     metrics: Arc<Metrics>,
     node: NodeIdentity,
+    lineage: Arc<Lineage>,
     transfers: Arc<Semaphore>,
 }
 
@@ -54,11 +56,17 @@ type FrameStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl ChunkServiceImpl {
     /// A service answering from `store`, counting into `metrics`.
-    pub fn new(store: Arc<dyn ChunkStore>, metrics: Arc<Metrics>, node: NodeIdentity) -> Self {
+    pub fn new(
+        store: Arc<dyn ChunkStore>,
+        metrics: Arc<Metrics>,
+        node: NodeIdentity,
+        lineage: Arc<Lineage>,
+    ) -> Self {
         Self {
             store,
             metrics,
             node,
+            lineage,
             transfers: Arc::new(Semaphore::new(MAX_TRANSFERS)),
         }
     }
@@ -246,7 +254,8 @@ impl ChunkService for ChunkServiceImpl {
         &self,
         request: Request<HasChunksRequest>,
     ) -> Result<Response<HasChunksResponse>, Status> {
-        let raw = request.into_inner().ids;
+        let request = request.into_inner();
+        let (raw, touch) = (request.ids, request.touch);
         if raw.len() > MAX_HAS_CHUNKS {
             let message = format!(
                 "HasChunks: {} ids exceed the limit of {MAX_HAS_CHUNKS}",
@@ -260,7 +269,13 @@ impl ChunkService for ChunkServiceImpl {
             .map(|(i, id)| ChunkId::from_slice(id).map_err(|e| id_status(&format!("ids[{i}]"), e)))
             .collect::<Result<Vec<_>, _>>()?;
         let present = self
-            .blocking(move |store| store.contains_many(&ids))
+            .blocking(move |store| {
+                if touch {
+                    store.touch_many(&ids, now_ms())
+                } else {
+                    store.contains_many(&ids)
+                }
+            })
             .await?
             .map_err(|e| store_status(e, None))?;
         Ok(Response::new(HasChunksResponse { present }))
@@ -273,6 +288,20 @@ impl ChunkService for ChunkServiceImpl {
     ) -> Result<Response<DeleteChunkResponse>, Status> {
         let request = request.into_inner();
         let id = parse_id("id", &request.id)?;
+        if request.lineage.len() > crate::lineage::MAX_ENTRIES {
+            return Err(Status::invalid_argument(format!(
+                "DeleteChunk: {} lineage entries exceed the limit of {}",
+                request.lineage.len(),
+                crate::lineage::MAX_ENTRIES
+            )));
+        }
+        if let Some(why) = self.lineage.refuse_delete(&request.lineage) {
+            add(&self.metrics.deletes_refused, 1);
+            tracing::warn!(chunk = %id, reason = %why, "delete refused");
+            return Err(Status::failed_precondition(format!(
+                "chunk {id}: delete refused: {why}"
+            )));
+        }
         let min_age_ms = request.min_age_ms;
         let deletion = self
             .blocking(move |store| store.delete_if_older(&id, min_age_ms, now_ms()))

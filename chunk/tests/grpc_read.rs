@@ -96,6 +96,7 @@ async fn unknown_chunks_are_not_found_and_malformed_ids_invalid() {
     );
     let request = HasChunksRequest {
         ids: vec![wire(&id), short.clone()],
+        touch: false,
     };
     let status = client.has_chunks(request).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -126,12 +127,14 @@ async fn has_chunks_answers_in_order_and_bounds_the_batch() {
     assert!(has(&mut client, &[]).await.is_empty());
     let too_many = HasChunksRequest {
         ids: vec![wire(&a); MAX_HAS_CHUNKS + 1],
+        touch: false,
     };
     let status = client.has_chunks(too_many).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("limit"), "{}", status.message());
     let at_limit = HasChunksRequest {
         ids: vec![wire(&a); MAX_HAS_CHUNKS],
+        touch: false,
     };
     assert_eq!(
         client

@@ -4,7 +4,10 @@
 mod common;
 
 use bytes::Bytes;
-use common::{chunk, has, start, wait_until, wire};
+use std::time::Duration;
+
+use common::{chunk, has, lineage_ids, start, wait_until, wire};
+use redcloud_chunk::ChunkId;
 use redcloud_chunk::client::{self, write_requests};
 use redcloud_chunk::metrics::{Rejection, get};
 use redcloud_proto::MAX_CHUNK_SIZE;
@@ -97,6 +100,7 @@ async fn a_malformed_id_is_an_invalid_argument() {
         .delete_chunk(DeleteChunkRequest {
             id: Bytes::from(vec![0u8; 31]),
             min_age_ms: 0,
+            lineage: lineage_ids(),
         })
         .await
         .unwrap_err();
@@ -256,6 +260,7 @@ async fn delete_removes_a_chunk_unless_it_is_younger_than_asked() {
         .delete_chunk(DeleteChunkRequest {
             id: wire(&id),
             min_age_ms: hour,
+            lineage: lineage_ids(),
         })
         .await;
     let kept = kept.unwrap().into_inner();
@@ -265,6 +270,7 @@ async fn delete_removes_a_chunk_unless_it_is_younger_than_asked() {
         .delete_chunk(DeleteChunkRequest {
             id: wire(&id),
             min_age_ms: 0,
+            lineage: lineage_ids(),
         })
         .await;
     let gone = gone.unwrap().into_inner();
@@ -274,8 +280,74 @@ async fn delete_removes_a_chunk_unless_it_is_younger_than_asked() {
         .delete_chunk(DeleteChunkRequest {
             id: wire(&id),
             min_age_ms: 0,
+            lineage: lineage_ids(),
         })
         .await;
     assert!(!again.unwrap().into_inner().existed);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_delete_from_a_controller_that_has_not_seen_this_servers_cluster_is_refused() {
+    let server = start(None).await;
+    let mut client = server.client().await;
+    let (id, bytes) = chunk(13, 1000);
+    client::write_chunk(&mut client, id, bytes).await.unwrap();
+    // A new or wiped controller knows only its own store; one that merged with the cluster
+    // knows ours too.
+    for lineage in [vec![], vec!["fresh".to_owned()]] {
+        let status = client
+            .delete_chunk(DeleteChunkRequest {
+                id: wire(&id),
+                min_age_ms: 0,
+                lineage,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(status.message().contains("store0"), "{}", status.message());
+        assert_eq!(has(&mut client, &[id]).await, [true], "nothing deleted");
+    }
+    let mut merged = lineage_ids();
+    merged.push("fresh".into());
+    let gone = client
+        .delete_chunk(DeleteChunkRequest {
+            id: wire(&id),
+            min_age_ms: 0,
+            lineage: merged,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(gone.existed);
+    assert_eq!(has(&mut client, &[id]).await, [false]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn has_chunks_with_touch_keeps_a_chunk_from_an_old_write_young() {
+    let server = start(None).await;
+    let mut client = server.client().await;
+    let (id, bytes) = chunk(14, 1000);
+    client::write_chunk(&mut client, id, bytes).await.unwrap();
+    let written = server.store.info(&id).unwrap().unwrap().stored_at_ms;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let absent = ChunkId::of(b"absent");
+    let present = client
+        .has_chunks(redcloud_proto::chunk::HasChunksRequest {
+            ids: vec![wire(&id), wire(&absent)],
+            touch: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .present;
+    assert_eq!(present, [true, false]);
+    let touched = server.store.info(&id).unwrap().unwrap().stored_at_ms;
+    assert!(touched > written, "the touch refreshed the stored-at time");
+    assert!(
+        !server.store.contains(&absent).unwrap(),
+        "touch stores nothing"
+    );
     server.stop().await;
 }

@@ -20,9 +20,7 @@ use redcloud_chunk::{
 };
 use redcloud_proto::chunk::{DeleteChunkRequest, InfoRequest, ListChunksRequest};
 use redcloud_proto::controller::registry_service_server::{RegistryService, RegistryServiceServer};
-use redcloud_proto::controller::{
-    DrainRequest, DrainResponse, HeartbeatRequest, HeartbeatResponse,
-};
+use redcloud_proto::controller::{HeartbeatRequest, HeartbeatResponse};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -51,13 +49,14 @@ impl RegistryService for Recorder {
         Ok(Response::new(HeartbeatResponse {
             controllers: self.answer.lock().unwrap().clone(),
             inventory_requested: false,
+            controller_id: "fake".into(),
+            lineage: LINEAGE.iter().map(|s| s.to_string()).collect(),
         }))
     }
-
-    async fn drain(&self, _: Request<DrainRequest>) -> Result<Response<DrainResponse>, Status> {
-        Err(Status::unimplemented("fake controller"))
-    }
 }
+
+/// The metadata store incarnation every fake controller reports.
+const LINEAGE: [&str; 1] = ["store0"];
 
 impl Recorder {
     fn reports(&self) -> Vec<HeartbeatRequest> {
@@ -236,6 +235,7 @@ async fn delete(client: &mut ChunkClient, id: &ChunkId) {
     let request = DeleteChunkRequest {
         id: wire(id),
         min_age_ms: 0,
+        lineage: LINEAGE.iter().map(|s| s.to_string()).collect(),
     };
     assert!(
         client
@@ -395,6 +395,11 @@ async fn deltas_carry_writes_and_deletes_and_add_up_to_the_inventory() {
     let info = client.info(InfoRequest {}).await.unwrap().into_inner();
     assert_eq!(info.inventory_digest, digest_of(&view));
     assert!(get(&node.metrics.heartbeats_sent) >= recorder.count() as u64 - 1);
+    // Once a controller answered, every report carries the lineage it learned (controllers
+    // check it before deleting anything) and the server's clock (a skew witness).
+    let last = recorder.reports().last().unwrap().clone();
+    assert_eq!(last.lineage, LINEAGE);
+    assert!(last.wall_ms > 1_600_000_000_000, "{}", last.wall_ms);
 
     node.stop().await;
     controller.stop().await;

@@ -86,11 +86,24 @@ pub enum Command {
     Conflicts,
     /// Cluster health: controllers, chunkservers, replication, repair.
     Status,
-    /// Drain a chunkserver: its chunks are copied elsewhere, then it is marked removed.
+    /// Drain a chunkserver: its chunks are copied elsewhere, then it is marked removed (only
+    /// once every chunk it holds is confirmed on other active servers).
     Drain {
         /// The chunkserver's id (see `status`).
         chunkserver: String,
     },
+    /// Return a draining or removed chunkserver to active.
+    Undrain {
+        /// The chunkserver's id (see `status`).
+        chunkserver: String,
+    },
+    /// Forget a controller that is gone for good, so garbage collection stops waiting for it.
+    ForgetController {
+        /// The controller's id (see `status`).
+        controller: String,
+    },
+    /// Change the cluster's replication policy: `all` or a number of copies.
+    SetReplication { policy: String },
     /// Interactive shell with the same commands.
     Shell,
     /// Print shell completions.
@@ -221,15 +234,25 @@ pub struct ControllerArgs {
     /// Copies an upload writes synchronously (capped by the live chunkservers).
     #[arg(long, default_value_t = 2)]
     pub write_quorum: u32,
-    /// Replication policy for a new cluster: `all` or a number of copies.
-    #[arg(long, default_value = "all")]
-    pub replication: String,
-    /// Number of file documents for a new cluster.
-    #[arg(long, default_value_t = 16)]
-    pub shards: u32,
+    /// Replication policy of a new cluster: `all` (the default) or a number of copies. An
+    /// existing cluster keeps its policy; change it with `redcloud set-replication`.
+    #[arg(long)]
+    pub replication: Option<String>,
+    /// Number of file documents of a new cluster (default 16). Fixed when the cluster is
+    /// created: a controller joining a cluster must use the cluster's count.
+    #[arg(long)]
+    pub shards: Option<u32>,
+    /// Trash retention of a new cluster, in milliseconds (default 7 days).
+    #[arg(long)]
+    pub trash_retention_ms: Option<u64>,
     /// Orphan chunks are deleted after this long unreferenced (milliseconds).
     #[arg(long, default_value_t = 3_600_000)]
     pub gc_grace_ms: u64,
+    /// Largest tolerated clock skew against peers and chunkservers (milliseconds); a
+    /// controller further off corrects its clock to the majority, or, when nobody can tell
+    /// who is right, takes no time-based destructive action.
+    #[arg(long, default_value_t = 30_000)]
+    pub max_clock_skew_ms: u64,
     /// Test only: shift this controller's wall clock by this many milliseconds.
     #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
     pub clock_offset_ms: i64,

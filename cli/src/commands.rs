@@ -263,9 +263,65 @@ pub async fn run(cx: &mut ClientContext, command: Command) -> Result<()> {
             Ok(())
         }
         Command::Drain { chunkserver } => {
-            drain(cx, &chunkserver).await?;
+            let req = pb::DrainRequest {
+                chunkserver_id: chunkserver.clone(),
+            };
+            cx.controllers
+                .admin(|mut cl| {
+                    let r = req.clone();
+                    async move { cl.drain(r).await }
+                })
+                .await?;
             cx.print(json!({"draining": chunkserver}), || {
-                format!("draining {chunkserver}: its chunks move elsewhere, then it is removed")
+                format!(
+                    "draining {chunkserver}: its chunks move elsewhere; it is removed once \
+                     every chunk is confirmed on other active servers"
+                )
+            });
+            Ok(())
+        }
+        Command::Undrain { chunkserver } => {
+            let req = pb::UndrainRequest {
+                chunkserver_id: chunkserver.clone(),
+            };
+            cx.controllers
+                .admin(|mut cl| {
+                    let r = req.clone();
+                    async move { cl.undrain(r).await }
+                })
+                .await?;
+            cx.print(json!({"active": chunkserver}), || {
+                format!("{chunkserver} is active again")
+            });
+            Ok(())
+        }
+        Command::ForgetController { controller } => {
+            let req = pb::ForgetControllerRequest {
+                controller_id: controller.clone(),
+            };
+            cx.controllers
+                .admin(|mut cl| {
+                    let r = req.clone();
+                    async move { cl.forget_controller(r).await }
+                })
+                .await?;
+            cx.print(json!({"forgotten": controller}), || {
+                format!("forgot controller {controller}")
+            });
+            Ok(())
+        }
+        Command::SetReplication { policy } => {
+            let req = pb::SetReplicationRequest {
+                policy: policy.clone(),
+            };
+            cx.controllers
+                .admin(|mut cl| {
+                    let r = req.clone();
+                    async move { cl.set_replication(r).await }
+                })
+                .await?;
+            cx.print(json!({"replication": policy}), || {
+                format!("replication policy is now {policy}")
             });
             Ok(())
         }
@@ -324,31 +380,6 @@ pub async fn list(cx: &mut ClientContext, tags: Vec<String>) -> Result<Vec<pb::F
         .files)
 }
 
-/// Asks the first controller that answers to drain a chunkserver.
-async fn drain(cx: &ClientContext, id: &str) -> Result<()> {
-    use redcloud_proto::controller::registry_service_client::RegistryServiceClient;
-    let mut errors = Vec::new();
-    for addr in cx.controllers.addresses() {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(std::time::Duration::from_secs(2));
-        let mut client = match endpoint.connect().await {
-            Ok(ch) => RegistryServiceClient::new(ch),
-            Err(e) => {
-                errors.push(format!("{addr}: {e}"));
-                continue;
-            }
-        };
-        let req = pb::DrainRequest {
-            chunkserver_id: id.to_owned(),
-        };
-        return match client.drain(req).await {
-            Ok(_) => Ok(()),
-            Err(status) => Err(crate::client::connect::status_error(status)),
-        };
-    }
-    bail!("no controller reachable (tried {})", errors.join("; "))
-}
-
 async fn add(cx: &mut ClientContext, files: &[PathBuf], tags: &[String]) -> Result<()> {
     let mut session = Session::load()?;
     let mut out = Vec::new();
@@ -365,10 +396,19 @@ async fn add(cx: &mut ClientContext, files: &[PathBuf], tags: &[String]) -> Resu
                 up.chunks
             );
         }
+        if up.degraded {
+            eprintln!(
+                "warning: {} is stored with {} copies, fewer than the write quorum of {}, because \
+                 fewer chunkservers are active; repair adds the missing copies when they return",
+                up.file.name, up.copies, up.quorum
+            );
+        }
         let mut v = file_json(&up.file);
         v["chunks"] = json!(up.chunks);
         v["chunks_sent"] = json!(up.chunks_sent);
         v["bytes_sent"] = json!(up.bytes_sent);
+        v["degraded"] = json!(up.degraded);
+        v["copies"] = json!(up.copies);
         out.push(v);
     }
     if cx.json {
@@ -438,10 +478,15 @@ pub fn status_json(s: &pb::StatusResponse) -> Value {
     let c = s.controller.clone().unwrap_or_default();
     let chunks = s.chunks.unwrap_or_default();
     let repair = s.repair.unwrap_or_default();
+    let clock = s.clock.clone().unwrap_or_default();
+    let gc = s.gc.clone().unwrap_or_default();
     json!({
         "controller": {"id": c.id, "address": c.address, "peers": c.peers,
                        "metadata_digest": c.metadata_digest},
-        "controllers": s.controllers.iter().map(|c| json!({"id": c.id, "address": c.address})).collect::<Vec<_>>(),
+        "controllers": s.controllers.iter().map(|c| json!({
+            "id": c.id, "address": c.address, "forgotten": c.forgotten,
+            "connected": c.connected, "last_equal_ms_ago": c.last_equal_ms_ago,
+        })).collect::<Vec<_>>(),
         "chunkservers": s.chunkservers.iter().map(|cs| json!({
             "id": cs.id, "address": cs.address, "zone": cs.zone, "state": cs.state,
             "chunks": cs.chunks, "used_bytes": cs.used_bytes, "capacity_bytes": cs.capacity_bytes,
@@ -451,6 +496,19 @@ pub fn status_json(s: &pb::StatusResponse) -> Value {
         "files": s.files,
         "conflicts": s.conflicts,
         "repair": {"queued": repair.queued, "in_flight": repair.in_flight, "done": repair.done, "failed": repair.failed},
+        "clock": {"state": clock.state, "median_offset_ms": clock.median_offset_ms,
+                  "correction_ms": clock.correction_ms, "witnesses": clock.witnesses,
+                  "max_skew_ms": clock.max_skew_ms},
+        "gc": {"allowed": gc.allowed, "blocked_by": gc.blocked_by,
+               "purge_allowed": gc.purge_allowed, "purge_blocked_by": gc.purge_blocked_by,
+               "orphans": gc.orphans, "deleted": gc.deleted},
+        "workers": s.workers.iter().map(|w| json!({
+            "name": w.name, "state": w.state, "restarts": w.restarts, "last_error": w.last_error,
+        })).collect::<Vec<_>>(),
+        "degraded_writes": s.degraded_writes,
+        "replication": s.replication,
+        "shards": s.shards,
+        "lineage": s.lineage,
     })
 }
 
@@ -465,9 +523,59 @@ fn print_status(s: &pb::StatusResponse) {
         c.peers.len()
     );
     println!("metadata digest {}", short(&c.metadata_digest));
+    println!(
+        "replication {}, {} shards, {} degraded writes",
+        s.replication, s.shards, s.degraded_writes
+    );
     println!("controllers: {}", s.controllers.len());
     for ctl in &s.controllers {
-        println!("  {} {}", short(&ctl.id), ctl.address);
+        let sync = match ctl.last_equal_ms_ago {
+            -1 => "never in sync".to_owned(),
+            ms => format!("in sync {:.1}s ago", ms as f64 / 1000.0),
+        };
+        println!(
+            "  {} {}{}{}  {sync}",
+            short(&ctl.id),
+            ctl.address,
+            if ctl.connected {
+                ""
+            } else {
+                "  (not connected)"
+            },
+            if ctl.forgotten { "  (forgotten)" } else { "" },
+        );
+    }
+    if let Some(clock) = &s.clock {
+        println!(
+            "clock: {} (witnesses {}, median offset {} ms, correction {} ms)",
+            clock.state, clock.witnesses, clock.median_offset_ms, clock.correction_ms
+        );
+    }
+    if let Some(gc) = &s.gc {
+        let state = |ok: bool, why: &str| {
+            if ok {
+                "allowed".to_owned()
+            } else {
+                format!("blocked: {why}")
+            }
+        };
+        println!(
+            "gc: deletes {}; trash purge {}; {} orphans tracked, {} copies deleted",
+            state(gc.allowed, &gc.blocked_by),
+            state(gc.purge_allowed, &gc.purge_blocked_by),
+            gc.orphans,
+            gc.deleted
+        );
+    }
+    for w in s
+        .workers
+        .iter()
+        .filter(|w| w.restarts > 0 || w.state != "running")
+    {
+        println!(
+            "worker {}: {} ({} restarts, last error: {})",
+            w.name, w.state, w.restarts, w.last_error
+        );
     }
     println!("chunkservers: {}", s.chunkservers.len());
     for cs in &s.chunkservers {

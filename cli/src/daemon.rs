@@ -40,7 +40,9 @@ pub async fn run_controller(a: ControllerArgs) -> Result<()> {
         write_quorum: a.write_quorum,
         replication: a.replication,
         shards: a.shards,
+        trash_retention_ms: a.trash_retention_ms,
         gc_grace_ms: a.gc_grace_ms,
+        max_clock_skew_ms: a.max_clock_skew_ms,
         clock_offset_ms: a.clock_offset_ms,
         ..redcloud_meta::node::ControllerConfig::default()
     };

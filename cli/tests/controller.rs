@@ -98,7 +98,7 @@ async fn controller(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let node = redcloud_meta::node::start(config, listener).await.unwrap();
     let addrs = node.net.listen_addrs().await.unwrap();
-    let p2p = format!("{}/p2p/{}", addrs[0], node.shared.node_id);
+    let p2p = format!("{}/p2p/{}", addrs[0], node.parts.node_id);
     Ctl {
         addr: node.grpc_addr.to_string(),
         node,
@@ -460,7 +460,7 @@ async fn gc_deletes_orphans_but_never_a_chunk_of_a_retained_version() {
     let mut cs = Chunkserver::start(&addrs).await;
     wait_active(&c.addr, 1).await;
     c.node
-        .shared
+        .parts
         .meta
         .mutate(|s| Ok(((), vec![s.set_trash_retention(0, 1)?])))
         .await
@@ -529,7 +529,7 @@ async fn gc_deletes_orphans_but_never_a_chunk_of_a_retained_version() {
         async move {
             put(&addrs, &token, &dir, &format!("during-{n}"), &bytes).await;
             let present = cc
-                .has_chunks(redcloud_proto::chunk::HasChunksRequest { ids })
+                .has_chunks(redcloud_proto::chunk::HasChunksRequest { ids, touch: false })
                 .await
                 .unwrap()
                 .into_inner()
@@ -542,6 +542,7 @@ async fn gc_deletes_orphans_but_never_a_chunk_of_a_retained_version() {
     let present = chunk_client
         .has_chunks(redcloud_proto::chunk::HasChunksRequest {
             ids: keep_chunks.iter().cloned().collect(),
+            touch: false,
         })
         .await
         .unwrap()
@@ -621,6 +622,7 @@ async fn auth_failures_and_bad_requests_get_the_right_status() {
             id: Bytes::from_static(&[1, 2, 3]),
             size: 3,
         }],
+        force: false,
     };
     let err = cl.plan_upload(authed(bad_chunk, &alice)).await.unwrap_err();
     // No chunkserver yet is UNAVAILABLE; with one it is the bad id. Either names the problem.
@@ -646,11 +648,18 @@ async fn auth_failures_and_bad_requests_get_the_right_status() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("size"), "{}", err.message());
+    // No chunkserver to confirm a copy: nothing can be committed.
     let err = cl
         .commit_file(authed(commit("f", [9; 32], 10), &alice))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    // No tag: the file model is the controller's to enforce, not only the CLI's.
+    let mut untagged = commit("f", [9; 32], 10);
+    untagged.tags.clear();
+    let err = cl.commit_file(authed(untagged, &alice)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("tag"), "{}", err.message());
     let err = cl
         .commit_file(authed(commit("a/b", [9; 32], 10), &alice))
         .await
@@ -686,7 +695,7 @@ async fn draining_a_chunkserver_moves_its_chunks_then_removes_it() {
     let work = tempfile::tempdir().unwrap();
     set_home(work.path());
     let c = controller(Vec::new(), |cfg| {
-        cfg.replication = "1".into();
+        cfg.replication = Some("1".into());
         cfg.write_quorum = 1;
     })
     .await;
@@ -710,20 +719,19 @@ async fn draining_a_chunkserver_moves_its_chunks_then_removes_it() {
         .find(|cs| cs.chunks > 0)
         .expect("some server holds chunks")
         .clone();
-    let mut registry =
-        redcloud_proto::controller::registry_service_client::RegistryServiceClient::connect(
-            format!("http://{}", c.addr),
-        )
-        .await
-        .unwrap();
-    let err = registry
+    let mut admin = redcloud_proto::controller::admin_service_client::AdminServiceClient::connect(
+        format!("http://{}", c.addr),
+    )
+    .await
+    .unwrap();
+    let err = admin
         .drain(pb::DrainRequest {
             chunkserver_id: "no-such-server".into(),
         })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    registry
+    admin
         .drain(pb::DrainRequest {
             chunkserver_id: victim.id.clone(),
         })
@@ -761,6 +769,7 @@ async fn draining_a_chunkserver_moves_its_chunks_then_removes_it() {
                     id: Bytes::copy_from_slice(&[7; 32]),
                     size: 1,
                 }],
+                force: false,
             },
             &token,
         ))

@@ -90,6 +90,51 @@ pub fn verify<'a>(
     })
 }
 
+/// The token keys one controller knows: the one it signs with and every controller's (from the
+/// cluster document), refreshed when a token names a key not seen yet.
+#[derive(Debug)]
+pub struct Tokens {
+    signing: crate::cluster::Secret,
+    known: parking_lot::RwLock<Vec<crate::cluster::Secret>>,
+    ttl_ms: u64,
+}
+
+impl Tokens {
+    pub fn new(
+        signing: crate::cluster::Secret,
+        known: Vec<crate::cluster::Secret>,
+        ttl_ms: u64,
+    ) -> Self {
+        Tokens {
+            signing,
+            known: parking_lot::RwLock::new(known),
+            ttl_ms,
+        }
+    }
+
+    /// A token for `user`, and when it expires.
+    pub fn issue(&self, user: &str, now_ms: u64) -> (String, u64) {
+        let expires_ms = now_ms.saturating_add(self.ttl_ms);
+        let key = &self.signing;
+        (issue(user, expires_ms, &key.id, &key.key), expires_ms)
+    }
+
+    /// Checks `token` with the keys known now.
+    pub fn check(&self, token: &str, now_ms: u64) -> Result<Claims, AuthError> {
+        let known = self.known.read();
+        verify(
+            token,
+            known.iter().map(|s| (s.id.as_str(), &s.key[..])),
+            now_ms,
+        )
+    }
+
+    /// Replaces the known keys (after reading the cluster document again).
+    pub fn refresh(&self, known: Vec<crate::cluster::Secret>) {
+        *self.known.write() = known;
+    }
+}
+
 fn sign(key: &[u8], payload: &str) -> Vec<u8> {
     // HMAC accepts keys of any length, so this cannot fail.
     let mut mac = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());

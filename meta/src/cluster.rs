@@ -2,7 +2,17 @@
 //!
 //! All maps are flat, keyed by a name, with one encoded scalar per entry. Concurrent writes of
 //! the same key on two sides of a partition leave an Automerge conflict; reads take Automerge's
-//! deterministic winner, except where noted (passwords).
+//! deterministic winner, except where noted (passwords, the replication policy).
+//!
+//! Key layout beyond plain names (parts joined by `\x1f`):
+//! - `settings`: `replication` (`<hlc>:<policy>`, highest HLC wins; a seed from a node's flags
+//!   has HLC 0, so an explicit `set-replication` always beats it), `shards` (fixed when the
+//!   cluster is created), `trash_retention_ms`, and `lineage\x1f<store id>` (one per metadata
+//!   store ever created: see [`MetaStore::lineage`]);
+//! - `controllers`: `<node>` (addresses) and `<node>\x1fforgotten` (an operator's forget);
+//! - `chunkservers`: `<id>\x1fmember` (address and zone, written by heartbeats) and
+//!   `<id>\x1fstate` (active, draining, removed: written only by operators and drain
+//!   completion), separate so a heartbeat never overwrites a concurrent drain.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use automerge::ReadDoc;
@@ -11,7 +21,7 @@ use automerge::transaction::Transactable;
 use crate::document::DocId;
 use crate::error::MetaError;
 use crate::hlc::Timestamp;
-use crate::names::{self, NodeId};
+use crate::names::{self, NodeId, SEP};
 use crate::record::{
     ChunkserverRecord, ChunkserverState, ControllerRecord, UserRecord, decode_msg,
 };
@@ -74,6 +84,17 @@ pub struct ControllerView {
     pub grpc_addr: String,
     pub p2p_addrs: Vec<String>,
     pub first_seen: Timestamp,
+    /// An operator forgot it: GC no longer waits to be in sync with it.
+    pub forgotten: bool,
+}
+
+const FORGOTTEN: &str = "forgotten";
+const MEMBER: &str = "member";
+const STATE: &str = "state";
+const LINEAGE: &str = "lineage";
+
+fn sub(a: &str, b: &str) -> String {
+    format!("{a}{SEP}{b}")
 }
 
 /// A chunkserver's membership entry.
@@ -265,14 +286,9 @@ impl MetaStore {
                 .get(settings, key)
                 .map_err(|e| corrupt(key, e.to_string()))
         };
-        let replication = match get("replication")? {
-            Some((v, _)) => v
-                .as_str()
-                .ok_or_else(|| corrupt("replication", "not a string"))?
-                .parse()
-                .map_err(|e: MetaError| corrupt("replication", e.to_string()))?,
-            None => ReplicationPolicy::All,
-        };
+        let replication = self
+            .replication_value()?
+            .map_or(ReplicationPolicy::All, |(_, p)| p);
         let trash_retention_ms = match get("trash_retention_ms")? {
             Some((v, _)) => v
                 .as_u64()
@@ -286,8 +302,68 @@ impl MetaStore {
         })
     }
 
+    /// The replication policy written in the document, with the HLC it was set at (0 for a
+    /// seed): of concurrent values the highest `(hlc, policy)` wins, on every replica alike.
+    fn replication_value(&self) -> Result<Option<(u64, ReplicationPolicy)>, MetaError> {
+        let doc = self.doc(DocId::Cluster)?;
+        let all = doc
+            .am
+            .get_all(doc.map("settings"), "replication")
+            .map_err(|e| corrupt("replication", e.to_string()))?;
+        let mut best: Option<(u64, String)> = None;
+        for (v, _) in all {
+            let text = v
+                .as_str()
+                .ok_or_else(|| corrupt("replication", "not a string"))?;
+            // "<hlc>:<policy>"; a bare policy (older stores) counts as a seed.
+            let (hlc, policy) = match text.split_once(':') {
+                Some((h, p)) => (
+                    h.parse::<u64>()
+                        .map_err(|_| corrupt("replication", format!("bad HLC in {text:?}")))?,
+                    p,
+                ),
+                None => (0, text),
+            };
+            let candidate = (hlc, policy.to_owned());
+            if best.as_ref().is_none_or(|b| candidate > *b) {
+                best = Some(candidate);
+            }
+        }
+        best.map(|(hlc, p)| {
+            p.parse()
+                .map(|policy| (hlc, policy))
+                .map_err(|e: MetaError| corrupt("replication", e.to_string()))
+        })
+        .transpose()
+    }
+
+    /// Seeds the replication policy of a new cluster (a node's `--replication`). Writes only
+    /// when the document holds no policy yet; `None` when it wrote nothing.
+    pub fn seed_replication(
+        &mut self,
+        policy: ReplicationPolicy,
+        wall_ms: u64,
+    ) -> Result<Option<Commit>, MetaError> {
+        if self.replication_value()?.is_some() {
+            return Ok(None);
+        }
+        self.put_replication(0, policy, wall_ms).map(Some)
+    }
+
+    /// Sets the replication policy (an operator's `set-replication`): beats every seed and
+    /// every earlier setting.
     pub fn set_replication(
         &mut self,
+        policy: ReplicationPolicy,
+        wall_ms: u64,
+    ) -> Result<Commit, MetaError> {
+        let time = self.clock.tick(wall_ms);
+        self.put_replication(time.0, policy, wall_ms)
+    }
+
+    fn put_replication(
+        &mut self,
+        hlc: u64,
         policy: ReplicationPolicy,
         wall_ms: u64,
     ) -> Result<Commit, MetaError> {
@@ -295,9 +371,55 @@ impl MetaStore {
             return Err(MetaError::invalid("replication", "must be at least 1"));
         }
         let time = self.clock.tick(wall_ms);
-        let value = policy.to_string();
+        let value = format!("{hlc}:{policy}");
         let ((), commit) = self.commit(DocId::Cluster, time, |tx, m| {
             tx.put(m.get("settings"), "replication", value)?;
+            Ok(())
+        })?;
+        Ok(commit)
+    }
+
+    /// Every shard count the cluster document records (one, unless two clusters of different
+    /// shapes were merged, which the network layer prevents).
+    pub fn cluster_shards(&self) -> Result<Vec<u64>, MetaError> {
+        let doc = self.doc(DocId::Cluster)?;
+        let all = doc
+            .am
+            .get_all(doc.map("settings"), "shards")
+            .map_err(|e| corrupt("shards", e.to_string()))?;
+        all.into_iter()
+            .map(|(v, _)| v.as_u64().ok_or_else(|| corrupt("shards", "not a number")))
+            .collect()
+    }
+
+    /// Every metadata store incarnation the cluster document records, sorted: each controller
+    /// adds its store's id when the store is created. Chunkservers remember the union they
+    /// learn and refuse deletes from a controller whose lineage lacks any of it, so a
+    /// controller that has not seen the cluster's state (a new or wiped one) deletes nothing.
+    pub fn lineage(&self) -> Result<Vec<String>, MetaError> {
+        let prefix = format!("{LINEAGE}{SEP}");
+        let mut out: Vec<String> = self
+            .cluster_keys("settings")?
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Records this store's id in the lineage and its shard count (at store creation).
+    pub(crate) fn record_creation(
+        &mut self,
+        store_id: &str,
+        wall_ms: u64,
+    ) -> Result<Commit, MetaError> {
+        let time = self.clock.tick(wall_ms);
+        let node = self.config.node_id.to_string();
+        let shards = u64::from(self.shards());
+        let key = sub(LINEAGE, store_id);
+        let ((), commit) = self.commit(DocId::Cluster, time, |tx, m| {
+            tx.put(m.get("settings"), key.as_str(), node.into_bytes())?;
+            tx.put(m.get("settings"), "shards", shards)?;
             Ok(())
         })?;
         Ok(commit)
@@ -331,9 +453,12 @@ impl MetaStore {
             }
             None => None,
         };
+        let forgotten_key = sub(node.as_str(), FORGOTTEN);
+        let forgotten = self.cluster_value("controllers", &forgotten_key)?.is_some();
         if let Some(e) = &existing
             && e.grpc_addr == grpc_addr
             && e.p2p_addrs == p2p_addrs
+            && !forgotten
         {
             return Ok(None);
         }
@@ -346,6 +471,43 @@ impl MetaStore {
         let bytes = prost::Message::encode_to_vec(&rec);
         let ((), commit) = self.commit(DocId::Cluster, time, |tx, m| {
             tx.put(m.get("controllers"), node.as_str(), bytes)?;
+            // A controller that runs again is no longer forgotten.
+            if forgotten {
+                tx.delete(m.get("controllers"), forgotten_key.as_str())?;
+            }
+            Ok(())
+        })?;
+        Ok(Some(commit))
+    }
+
+    /// Marks a controller forgotten (gone for good): GC stops waiting to be in sync with it.
+    /// `NotFound` if the document does not know it; `None` if already forgotten.
+    pub fn forget_controller(
+        &mut self,
+        node: &str,
+        wall_ms: u64,
+    ) -> Result<Option<Commit>, MetaError> {
+        let node = NodeId::new(node)?;
+        if node == self.config.node_id {
+            return Err(MetaError::invalid(
+                "controller",
+                "a controller cannot forget itself; run forget-controller on another one",
+            ));
+        }
+        if self.cluster_value("controllers", node.as_str())?.is_none() {
+            return Err(MetaError::NotFound(format!("controller {node}")));
+        }
+        let key = sub(node.as_str(), FORGOTTEN);
+        if self.cluster_value("controllers", &key)?.is_some() {
+            return Ok(None);
+        }
+        let time = self.clock.tick(wall_ms);
+        let ((), commit) = self.commit(DocId::Cluster, time, |tx, m| {
+            tx.put(
+                m.get("controllers"),
+                key.as_str(),
+                time.0.to_be_bytes().to_vec(),
+            )?;
             Ok(())
         })?;
         Ok(Some(commit))
@@ -354,46 +516,49 @@ impl MetaStore {
     pub fn controllers(&self) -> Result<Vec<ControllerView>, MetaError> {
         let mut out = Vec::new();
         for node in self.cluster_keys("controllers")? {
+            if node.contains(SEP) {
+                continue;
+            }
             let Some(bytes) = self.cluster_value("controllers", &node)? else {
                 continue;
             };
             let rec: ControllerRecord = decode_msg(&bytes).map_err(|e| corrupt(&node, e))?;
+            let forgotten = self
+                .cluster_value("controllers", &sub(&node, FORGOTTEN))?
+                .is_some();
             out.push(ControllerView {
                 node,
                 grpc_addr: rec.grpc_addr,
                 p2p_addrs: rec.p2p_addrs,
                 first_seen: Timestamp(rec.first_seen),
+                forgotten,
             });
         }
         Ok(out)
     }
 
     fn chunkserver(&self, id: &str) -> Result<Option<ChunkserverRecord>, MetaError> {
-        match self.cluster_value("chunkservers", id)? {
+        let key = sub(id, MEMBER);
+        match self.cluster_value("chunkservers", &key)? {
             Some(b) => ChunkserverRecord::decode(&b)
                 .map(Some)
-                .map_err(|e| corrupt(id, e)),
+                .map_err(|e| corrupt(&key, e)),
             None => Ok(None),
         }
     }
 
-    fn put_chunkserver(
-        &mut self,
-        id: &str,
-        rec: &ChunkserverRecord,
-        wall_ms: u64,
-    ) -> Result<Commit, MetaError> {
-        let time = self.clock.tick(wall_ms);
-        let bytes = rec.encode();
-        let ((), commit) = self.commit(DocId::Cluster, time, |tx, m| {
-            tx.put(m.get("chunkservers"), id, bytes)?;
-            Ok(())
-        })?;
-        Ok(commit)
+    fn chunkserver_state(&self, id: &str) -> Result<ChunkserverState, MetaError> {
+        let key = sub(id, STATE);
+        match self.cluster_value("chunkservers", &key)? {
+            Some(b) => std::str::from_utf8(&b)
+                .map_err(|_| corrupt(&key, "not UTF-8"))
+                .and_then(|t| ChunkserverState::parse(t).map_err(|e| corrupt(&key, e))),
+            None => Ok(ChunkserverState::Active),
+        }
     }
 
-    /// Record a chunkserver's address and zone (a new one starts `Active`; an existing one
-    /// keeps its state). Writes only when something changed.
+    /// Record a chunkserver's address and zone. Writes only when something changed; never
+    /// touches its state.
     pub fn upsert_chunkserver(
         &mut self,
         id: &str,
@@ -406,19 +571,21 @@ impl MetaStore {
         if !zone.is_empty() {
             names::validate_text_field("zone", zone)?;
         }
-        let existing = self.chunkserver(id)?;
-        let state = existing
-            .as_ref()
-            .map_or(ChunkserverState::Active, |e| e.state);
         let rec = ChunkserverRecord {
             address: address.to_owned(),
             zone: zone.to_owned(),
-            state,
         };
-        if existing.as_ref() == Some(&rec) {
+        if self.chunkserver(id)?.as_ref() == Some(&rec) {
             return Ok(None);
         }
-        self.put_chunkserver(id, &rec, wall_ms).map(Some)
+        let time = self.clock.tick(wall_ms);
+        let key = sub(id, MEMBER);
+        let bytes = rec.encode();
+        let ((), commit) = self.commit(DocId::Cluster, time, |tx, m| {
+            tx.put(m.get("chunkservers"), key.as_str(), bytes)?;
+            Ok(())
+        })?;
+        Ok(Some(commit))
     }
 
     /// Set a chunkserver's administrative state; `NotFound` if unknown, `None` if unchanged.
@@ -429,27 +596,51 @@ impl MetaStore {
         wall_ms: u64,
     ) -> Result<Option<Commit>, MetaError> {
         names::validate_text_field("chunkserver id", id)?;
-        let mut rec = self
-            .chunkserver(id)?
-            .ok_or_else(|| MetaError::NotFound(format!("chunkserver {id:?}")))?;
-        if rec.state == state {
+        if self.chunkserver(id)?.is_none() {
+            return Err(MetaError::NotFound(format!("chunkserver {id:?}")));
+        }
+        if self.chunkserver_state(id)? == state {
             return Ok(None);
         }
-        rec.state = state;
-        self.put_chunkserver(id, &rec, wall_ms).map(Some)
+        let time = self.clock.tick(wall_ms);
+        let key = sub(id, STATE);
+        let ((), commit) = self.commit(DocId::Cluster, time, |tx, m| {
+            tx.put(
+                m.get("chunkservers"),
+                key.as_str(),
+                state.name().as_bytes().to_vec(),
+            )?;
+            Ok(())
+        })?;
+        Ok(Some(commit))
+    }
+
+    /// Retires a draining chunkserver (drain completion). Writes nothing unless the server is
+    /// still draining here, so an undrain that reached this replica first is never undone.
+    pub fn finish_drain(&mut self, id: &str, wall_ms: u64) -> Result<Option<Commit>, MetaError> {
+        if self.chunkserver(id)?.is_none()
+            || self.chunkserver_state(id)? != ChunkserverState::Draining
+        {
+            return Ok(None);
+        }
+        self.set_chunkserver_state(id, ChunkserverState::Removed, wall_ms)
     }
 
     pub fn chunkservers(&self) -> Result<Vec<ChunkserverView>, MetaError> {
+        let suffix = format!("{SEP}{MEMBER}");
         let mut out = Vec::new();
-        for id in self.cluster_keys("chunkservers")? {
-            let Some(rec) = self.chunkserver(&id)? else {
+        for key in self.cluster_keys("chunkservers")? {
+            let Some(id) = key.strip_suffix(&suffix) else {
+                continue;
+            };
+            let Some(rec) = self.chunkserver(id)? else {
                 continue;
             };
             out.push(ChunkserverView {
-                id,
+                id: id.to_owned(),
                 address: rec.address,
                 zone: rec.zone,
-                state: rec.state,
+                state: self.chunkserver_state(id)?,
             });
         }
         Ok(out)

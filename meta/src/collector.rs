@@ -1,19 +1,31 @@
-//! The garbage collector worker: deletes orphan chunk copies as [`crate::gc`] plans them, and
-//! purges tombstoned versions older than the trash retention.
+//! The garbage collector worker: purges tombstoned versions older than the trash retention,
+//! and deletes orphan chunk copies as [`crate::gc`] plans them.
 //!
-//! It deletes nothing while this controller is out of sync with any controller it knows, and
-//! every DeleteChunk carries the grace period as `min_age_ms`, so the chunkserver itself keeps
-//! a chunk written (or re-written by an upload) more recently than that.
+//! Both fail closed:
+//! - the purge runs only while this controller's clock is trusted (it agrees with its peers
+//!   and chunkservers, or has been corrected to them; see `crate::skew`), so one controller
+//!   with a wrong clock cannot empty everyone's trash;
+//! - orphan deletion runs only with proof that this controller's view is the cluster's
+//!   ([`crate::proof`]), counts the grace period on the monotonic clock, and every
+//!   DeleteChunk carries the grace period as `min_age_ms` and this controller's lineage, so the
+//!   chunkserver itself keeps a chunk written or touched more recently, and refuses a
+//!   controller that has not seen every metadata store it has served.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::clock::wall_ms;
-use crate::gc::{self, OrphanTracker};
-use crate::service::Shared;
+use crate::clock::NodeClock;
+use crate::directory::Directory;
+use crate::gc::OrphanTracker;
+use crate::handle::MetaHandle;
+use crate::live::LiveSet;
+use crate::metrics::Metrics;
+use crate::peers::Peers;
+use crate::proof;
 
 #[derive(Debug, Clone)]
 pub struct GcConfig {
@@ -37,86 +49,132 @@ impl Default for GcConfig {
     }
 }
 
+/// What the last GC pass concluded, for `status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcView {
+    /// Why orphan deletion may not run, if it may not.
+    pub blocked_by: Option<String>,
+    /// Why the trash purge may not run, if it may not.
+    pub purge_blocked_by: Option<String>,
+    pub orphans: u64,
+}
+
+#[derive(Debug)]
+pub struct GcStatus {
+    view: Mutex<GcView>,
+}
+
+impl Default for GcStatus {
+    fn default() -> Self {
+        GcStatus {
+            view: Mutex::new(GcView {
+                blocked_by: Some("no pass has run yet".into()),
+                purge_blocked_by: Some("no pass has run yet".into()),
+                orphans: 0,
+            }),
+        }
+    }
+}
+
+impl GcStatus {
+    pub fn snapshot(&self) -> GcView {
+        self.view.lock().clone()
+    }
+}
+
+/// What the GC worker works with.
+#[derive(Debug, Clone)]
+pub struct GcParts {
+    pub node_id: String,
+    pub meta: MetaHandle,
+    pub clock: Arc<NodeClock>,
+    pub directory: Arc<Directory>,
+    pub peers: Arc<Peers>,
+    pub live: Arc<LiveSet>,
+    pub status: Arc<GcStatus>,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Runs GC passes until `shutdown` turns true.
-pub async fn run(shared: Arc<Shared>, config: GcConfig, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(parts: GcParts, config: GcConfig, mut shutdown: watch::Receiver<bool>) {
     let mut tracker = OrphanTracker::default();
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
-            _ = tick.tick() => pass(&shared, &config, &mut tracker).await,
+            _ = tick.tick() => pass(&parts, &config, &mut tracker).await,
         }
     }
 }
 
 #[tracing::instrument(skip_all, level = "debug")]
-async fn pass(shared: &Arc<Shared>, config: &GcConfig, tracker: &mut OrphanTracker) {
-    // Trash first: purged versions turn their chunks into orphans for later passes.
-    let purged = shared
-        .meta
-        .mutate(|s| {
-            let out = s.purge_expired(wall_ms())?;
-            Ok(((out.files, out.versions), out.commits))
-        })
-        .await;
-    if let Ok((files, versions)) = purged
-        && versions > 0
-    {
-        tracing::info!(files, versions, "purged expired versions");
-    }
+async fn pass(p: &GcParts, config: &GcConfig, tracker: &mut OrphanTracker) {
+    let purge_blocked_by = purge(p).await;
 
-    let known = match shared.meta.call(|s| s.controllers()).await {
-        Ok(Ok(c)) => c,
-        _ => return,
+    let facts = match proof::gather(&p.meta, &p.live).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, "gc: cannot read the metadata facts");
+            *p.status.view.lock() = GcView {
+                blocked_by: Some(format!("cannot read metadata: {e}")),
+                purge_blocked_by,
+                orphans: tracker.len() as u64,
+            };
+            return;
+        }
     };
-    let in_sync = {
-        let peers = shared.peers.lock();
-        known.iter().filter(|c| c.node != shared.node_id).all(|c| {
-            peers
-                .last_equal
-                .iter()
-                .any(|(p, at)| p.to_string() == c.node && at.elapsed() <= config.sync_freshness)
-        })
-    };
-    let mut controllers: Vec<String> = shared
-        .peers
-        .lock()
-        .connected
-        .iter()
-        .map(|p| p.to_string())
-        .collect();
-    controllers.push(shared.node_id.clone());
-    let (deletions, addresses) = {
-        let reg = shared.registry.lock();
-        let input = gc::Input {
+    let now = p.clock.mono_ms();
+    let verdict = facts.check(
+        &p.node_id,
+        &p.peers,
+        &p.directory,
+        now,
+        config.sync_freshness.as_millis() as u64,
+    );
+    if let Err(why) = &verdict {
+        tracing::debug!(reason = %why, "gc: deleting nothing");
+    }
+    let controllers = p.peers.visible_with(&p.node_id);
+    let (deletions, addresses) = p.directory.read(|reg| {
+        let input = crate::gc::Input {
             holders: reg.holders(),
-            now_ms: wall_ms(),
+            now_ms: now,
             grace_ms: config.grace_ms,
-            in_sync,
-            me: &shared.node_id,
+            allowed: verdict.is_ok(),
+            me: &p.node_id,
             controllers: &controllers,
             max_deletions: config.max_deletions,
         };
-        let d = tracker.plan(&input, |c| shared.live.contains(c));
+        let d = tracker.plan(&input, |c| {
+            facts.live.chunks.contains_key(c) || p.live.contains(c)
+        });
         let addresses: std::collections::HashMap<String, String> = reg
             .servers()
             .map(|s| (s.id.clone(), s.address.clone()))
             .collect();
         (d, addresses)
+    });
+    *p.status.view.lock() = GcView {
+        blocked_by: verdict.err().map(|b| b.to_string()),
+        purge_blocked_by,
+        orphans: tracker.len() as u64,
     };
     let started = Instant::now();
     for d in deletions {
         let Some(addr) = addresses.get(&d.server) else {
             continue;
         };
-        match delete(addr, &d.chunk, config.grace_ms).await {
+        match delete(addr, &d.chunk, config.grace_ms, &facts.lineage).await {
             Ok(true) => {
-                shared.metrics.gc_deleted.inc();
-                shared.registry.lock().note_removed(&d.server, &d.chunk);
+                p.metrics.gc_deleted.inc();
+                p.directory.note_removed(&d.server, &d.chunk);
             }
             Ok(false) => {}
-            Err(e) => tracing::debug!(server = %d.server, error = %e, "gc delete failed"),
+            Err(e) => {
+                p.metrics.gc_refused.inc();
+                tracing::debug!(server = %d.server, error = %e, "gc delete refused or failed");
+            }
         }
         if started.elapsed() > config.interval {
             break;
@@ -124,12 +182,50 @@ async fn pass(shared: &Arc<Shared>, config: &GcConfig, tracker: &mut OrphanTrack
     }
 }
 
-async fn delete(addr: &str, chunk: &[u8; 32], min_age_ms: u64) -> anyhow::Result<bool> {
+/// Purges expired trash when the clock is trusted; answers why not otherwise.
+async fn purge(p: &GcParts) -> Option<String> {
+    let health = p.clock.health();
+    if !health.state.trusted() {
+        p.metrics.purges_skipped_clock.inc();
+        let why = format!(
+            "clock {}: witnesses read {} ms from ours and disagree on who is right",
+            health.state.name(),
+            health.median_offset_ms
+        );
+        tracing::warn!(reason = %why, "trash purge skipped");
+        return Some(why);
+    }
+    let clock = p.clock.clone();
+    let purged = p
+        .meta
+        .mutate(move |s| {
+            let out = s.purge_expired(clock.now_ms())?;
+            Ok(((out.files, out.versions), out.commits))
+        })
+        .await;
+    match purged {
+        Ok((files, versions)) => {
+            if versions > 0 {
+                tracing::info!(files, versions, "purged expired versions");
+            }
+            None
+        }
+        Err(e) => Some(format!("purge failed: {e}")),
+    }
+}
+
+async fn delete(
+    addr: &str,
+    chunk: &[u8; 32],
+    min_age_ms: u64,
+    lineage: &[String],
+) -> anyhow::Result<bool> {
     let mut client = crate::chunk_client::connect(addr).await?;
     let resp = client
         .delete_chunk(redcloud_proto::chunk::DeleteChunkRequest {
             id: Bytes::copy_from_slice(chunk),
             min_age_ms,
+            lineage: lineage.to_vec(),
         })
         .await?
         .into_inner();

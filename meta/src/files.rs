@@ -30,6 +30,10 @@ use crate::resolve::{self, Candidate};
 use crate::store::{Commit, MetaStore};
 use crate::vv::VersionVector;
 
+/// Most files purged from one document per call, so one purge change stays far below the
+/// replication message limit.
+const MAX_PURGE_PER_DOC: usize = 2_000;
+
 /// Content of a new file version.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewVersion {
@@ -636,6 +640,10 @@ impl MetaStore {
         for id in self.file_docs().collect::<Vec<_>>() {
             let mut doomed = Vec::new();
             for fkey in self.file_keys(id, None)? {
+                // Bounded work (and change size) per call; the next call purges the rest.
+                if doomed.len() >= MAX_PURGE_PER_DOC {
+                    break;
+                }
                 let Some(s) = self.head_state(id, &fkey)? else {
                     continue;
                 };

@@ -2,7 +2,11 @@
 //!
 //! [`MetaStore`] is deliberately not shared: one dedicated thread owns it and runs jobs sent
 //! over a bounded channel, one at a time, so no document is ever touched concurrently and no
-//! lock is held across an await. Every commit a job produces is pushed to the replication
+//! lock is held across an await. A job that panics fails alone: its caller gets an error, the
+//! panic is counted and logged, and the thread goes on with the next job (an Automerge
+//! transaction left open by the panic rolls back when dropped).
+//!
+//! Every commit a job produces is pushed to the replication
 //! outbox (bounded; if replication falls behind, the commit is still durable and anti-entropy
 //! delivers it later), so callers cannot forget to replicate.
 
@@ -37,6 +41,7 @@ pub struct Stopped;
 pub struct MetaHandle {
     jobs: mpsc::Sender<Msg>,
     dropped_commits: Arc<AtomicU64>,
+    panics: Arc<AtomicU64>,
     thread: Arc<parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
@@ -54,13 +59,19 @@ impl MetaHandle {
         let (out_tx, out_rx) = mpsc::channel(OUTBOX);
         let dropped = Arc::new(AtomicU64::new(0));
         let dropped_in_thread = dropped.clone();
+        let panics = Arc::new(AtomicU64::new(0));
+        let panics_in_thread = panics.clone();
         let spawned = std::thread::Builder::new()
             .name("meta-owner".into())
             .spawn(move || {
                 let mut store = store;
                 let mut commits = Vec::new();
                 while let Some(Msg::Job(job)) = rx.blocking_recv() {
-                    job(&mut store, &mut commits);
+                    let run = std::panic::AssertUnwindSafe(|| job(&mut store, &mut commits));
+                    if std::panic::catch_unwind(run).is_err() {
+                        panics_in_thread.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!("a metadata job panicked; its caller got an error");
+                    }
                     for c in commits.drain(..) {
                         if out_tx.try_send(c).is_err() {
                             // Replication is behind or gone; the commit is durable locally
@@ -85,6 +96,7 @@ impl MetaHandle {
             MetaHandle {
                 jobs,
                 dropped_commits: dropped,
+                panics,
                 thread: Arc::new(parking_lot::Mutex::new(thread)),
             },
             out_rx,
@@ -136,6 +148,11 @@ impl MetaHandle {
     /// Commits that could not be queued for replication (anti-entropy delivered them).
     pub fn dropped_commits(&self) -> u64 {
         self.dropped_commits.load(Ordering::Relaxed)
+    }
+
+    /// Jobs that panicked.
+    pub fn panics(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
     }
 }
 

@@ -60,6 +60,8 @@ pub enum ClockError {
 ///
 /// Laws: successive [`Clock::tick`]s return strictly increasing timestamps whatever the wall
 /// times passed in; after [`Clock::observe`] accepts `r`, the next tick is greater than `r`.
+/// The one exception is [`Clock::rebase`], which a controller uses after learning that its
+/// own wall clock ran far ahead.
 #[derive(Clone, Debug)]
 pub struct Clock {
     last: Timestamp,
@@ -105,6 +107,11 @@ impl Clock {
         }
         self.last = self.last.max(remote);
         Ok(())
+    }
+
+    /// Moves the clock to `to`, backwards if need be (see `MetaStore::rebase_clock`).
+    pub fn rebase(&mut self, to: Timestamp) {
+        self.last = to;
     }
 
     /// The greatest timestamp issued or accepted; persist it to resume after a restart.

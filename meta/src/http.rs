@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use crate::service::{Shared, load};
+use crate::service::Components;
 
 /// Largest request head read.
 const MAX_REQUEST: usize = 8 << 10;
@@ -19,8 +19,8 @@ const MAX_CONNECTIONS: usize = 16;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn serve_metrics(
-    listener: TcpListener,
-    shared: Arc<Shared>,
+    listener: Arc<TcpListener>,
+    parts: Arc<Components>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -33,15 +33,15 @@ pub async fn serve_metrics(
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             continue;
         };
-        let shared = shared.clone();
+        let parts = parts.clone();
         tokio::spawn(async move {
-            let _ = handle(stream, &shared).await;
+            let _ = handle(stream, &parts).await;
             drop(permit);
         });
     }
 }
 
-async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+async fn handle(mut stream: TcpStream, parts: &Components) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let head = tokio::time::timeout(READ_TIMEOUT, async {
@@ -64,7 +64,7 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let line = String::from_utf8_lossy(&buf);
     let ok = line.starts_with("GET /metrics ") || line.starts_with("GET /metrics?");
     let (status, body) = if ok {
-        ("200 OK", render(shared))
+        ("200 OK", render(parts))
     } else {
         ("404 Not Found", "not found\n".to_owned())
     };
@@ -76,24 +76,25 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     stream.shutdown().await
 }
 
-fn render(shared: &Shared) -> String {
-    let mut out = render_counters(shared);
+fn render(p: &Components) -> String {
+    let mut out = render_counters(p);
     out += "# HELP redcloud_peer_seconds_since_sync Seconds since a peer last held exactly our documents.\n";
     out += "# TYPE redcloud_peer_seconds_since_sync gauge\n";
-    for (peer, at) in &shared.peers.lock().last_equal {
+    for (peer, ms) in p.peers.last_equal_ago_ms() {
         out += &format!(
             "redcloud_peer_seconds_since_sync{{peer=\"{peer}\"}} {:.3}\n",
-            at.elapsed().as_secs_f64()
+            ms as f64 / 1000.0
         );
     }
     out
 }
 
-fn render_counters(shared: &Shared) -> String {
-    let r = &shared.repair;
-    let peers = shared.peers.lock().connected.len() as f64;
-    let servers = shared.registry.lock().servers().count() as f64;
-    shared.metrics.render(&[
+fn render_counters(p: &Components) -> String {
+    let r = &p.repair;
+    let peers = p.peers.connected_ids().len() as f64;
+    let servers = p.directory.read(|reg| reg.servers().count()) as f64;
+    let clock = p.clock.health();
+    p.metrics.render(&[
         ("peers", "Connected controllers.", peers),
         (
             "chunkservers_known",
@@ -103,32 +104,47 @@ fn render_counters(shared: &Shared) -> String {
         (
             "chunks_live",
             "Distinct chunks referenced by retained versions.",
-            load(&r.total_chunks) as f64,
+            r.total_chunks.get() as f64,
         ),
         (
             "chunks_under_replicated",
             "Live chunks below their replication target.",
-            load(&r.under_replicated) as f64,
+            r.under_replicated.get() as f64,
         ),
         (
             "chunks_lost",
             "Live chunks with no copy on a healthy chunkserver.",
-            load(&r.lost) as f64,
+            r.lost.get() as f64,
         ),
         (
             "repair_queued",
             "Repair copies planned but not started.",
-            load(&r.queued) as f64,
+            r.queued.get() as f64,
         ),
         (
             "repair_in_flight",
             "Repair copies running.",
-            load(&r.in_flight) as f64,
+            r.in_flight.get() as f64,
         ),
         (
             "replication_dropped_commits",
             "Commits not queued for gossip (sent by sync instead).",
-            shared.meta.dropped_commits() as f64,
+            p.meta.dropped_commits() as f64,
+        ),
+        (
+            "clock_offset_ms",
+            "Median of the peers' and chunkservers' clocks minus this controller's raw clock.",
+            clock.median_offset_ms as f64,
+        ),
+        (
+            "clock_correction_ms",
+            "Correction applied to this controller's clock.",
+            clock.correction_ms as f64,
+        ),
+        (
+            "clock_skewed",
+            "1 when this controller's clock disagrees with its witnesses (no trash purge).",
+            f64::from(u8::from(clock.state == crate::skew::ClockState::Skewed)),
         ),
     ])
 }

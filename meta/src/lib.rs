@@ -12,21 +12,30 @@
 //! The store is pure with respect to time: every call that needs the wall clock takes
 //! `wall_ms`, so tests control time.
 //!
-//! Around the core, the running controller ([`node`]):
+//! Around the core, the running controller ([`node`]), made of parts that each own their
+//! state ([`service::Components`]):
 //! - [`handle`]: one thread owns the store; everything else sends it jobs through a
 //!   [`handle::MetaHandle`], and every commit a job makes goes to replication.
-//! - [`replication`]: gossip push of each commit and per-peer anti-entropy over the p2p crate.
-//! - [`service`]: the gRPC client API (tokens from [`auth`]) and the chunkserver registry API,
-//!   which feeds the soft-state [`registry`] (liveness, usage, who holds which chunk).
-//! - [`repair`] plans ([`repair::plan`], with [`placement`] and [`rendezvous`] ownership)
-//!   and orders chunk copies; [`collector`] deletes orphans as [`gc`] plans them.
-//! - [`http`] serves Prometheus [`metrics`]; [`clock`] is the wall clock of the IO layer.
+//! - [`replication`]: gossip push of each commit and per-peer anti-entropy over the p2p crate;
+//!   the anti-entropy protocol itself is IO-free ([`replication::session`]). [`peers`] holds
+//!   who is connected and in sync.
+//! - [`service`]: the gRPC client API (tokens from [`auth`]), the chunkserver registry API,
+//!   which feeds the soft-state [`directory`] (liveness, usage, who holds which chunk, kept by
+//!   [`registry`]), and the admin API.
+//! - [`repair`] plans ([`repair::plan`], with [`placement`] and [`rendezvous`] ownership),
+//!   orders chunk copies and retires drained servers on proof ([`repair::drain`]);
+//!   [`collector`] purges the trash and deletes orphans as [`gc`] plans them. Every
+//!   destructive action first asks [`proof`] whether this controller's view is the cluster's.
+//! - [`clock`] is each node's wall clock, corrected by the cluster's ([`skew`]); [`live`] the
+//!   live chunk set stamped with its metadata digest; [`workers`] supervises every background
+//!   task; [`http`] serves Prometheus [`metrics`].
 
 pub mod auth;
 pub mod chunk_client;
 pub mod clock;
 pub mod cluster;
 pub mod collector;
+pub mod directory;
 pub mod document;
 pub mod error;
 pub mod files;
@@ -38,7 +47,9 @@ pub mod live;
 pub mod metrics;
 pub mod names;
 pub mod node;
+pub mod peers;
 pub mod placement;
+pub mod proof;
 pub mod record;
 pub mod registry;
 pub mod rendezvous;
@@ -47,9 +58,11 @@ pub mod replica;
 pub mod replication;
 pub mod resolve;
 pub mod service;
+pub mod skew;
 pub mod storage;
 pub mod store;
 pub mod vv;
+pub mod workers;
 
 pub use cluster::{ChunkserverView, ControllerView, ReplicationPolicy, Secret, Settings};
 pub use document::DocId;

@@ -20,6 +20,29 @@ impl Counter {
     }
 }
 
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn sub(&self, n: u64) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 macro_rules! metrics {
     ($($(#[doc = $doc:literal])* $name:ident,)*) => {
         /// Every counter of one controller.
@@ -92,6 +115,18 @@ metrics! {
     repair_failed,
     /// Chunk copies deleted by GC.
     gc_deleted,
+    /// Deletes a chunkserver refused (a younger copy, or a lineage it does not cover).
+    gc_refused,
+    /// Commits acknowledged with fewer copies than the write quorum (fewer active servers).
+    degraded_writes,
+    /// Commits refused because chunks lacked their quorum of confirmed copies.
+    commits_missing_copies,
+    /// Draining chunkservers retired after their chunks were confirmed elsewhere.
+    drains_completed,
+    /// Trash purges skipped because this controller's clock is not trusted.
+    purges_skipped_clock,
+    /// Times this controller's HLC was pulled back after its wall clock was found wrong.
+    clock_rebases,
 }
 
 #[cfg(test)]

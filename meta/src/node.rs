@@ -1,38 +1,48 @@
 //! `redcloud controller`: wires the metadata store, replication, the gRPC services and the
-//! background workers into one node.
+//! background workers into one node, in steps that tests and benchmarks reuse:
 //!
-//! Start-up: load (or create) the node key, whose peer id is the node id; open the metadata
-//! store with a fresh Automerge actor (a new incarnation); make sure this controller has a
-//! token-signing secret and is listed in the cluster document; start the p2p network and the
-//! replication task; start repair, GC and the metrics endpoint; serve gRPC until shutdown.
+//! 1. [`open_store`]: load (or create) the node key, whose peer id is the node id; open the
+//!    metadata store with a fresh Automerge actor (a new incarnation); check the shard count;
+//!    seed the settings of a new cluster; make sure this controller has a token key.
+//! 2. [`start_network`]: the libp2p swarm, whose protocol names carry the cluster name and
+//!    shard count (controllers of differently shaped clusters cannot talk), and this
+//!    controller's entry in the cluster document.
+//! 3. [`components`]: the parts that own the controller's state.
+//! 4. [`spawn_workers`]: replication, repair, GC, the clock watch and the metrics endpoint,
+//!    each supervised (restarted if it ever stops before shutdown).
+//! 5. [`serve`]: the gRPC services until shutdown.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use parking_lot::{Mutex, RwLock};
+use redcloud_proto::controller::admin_service_server::AdminServiceServer;
 use redcloud_proto::controller::controller_service_server::ControllerServiceServer;
 use redcloud_proto::controller::registry_service_server::RegistryServiceServer;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::clock::{self, wall_ms};
+use crate::auth::Tokens;
+use crate::clock::{self, NodeClock};
 use crate::cluster::ReplicationPolicy;
-use crate::collector::{self, GcConfig};
+use crate::collector::{self, GcConfig, GcParts};
+use crate::directory::Directory;
 use crate::handle::MetaHandle;
 use crate::metrics::Metrics;
 use crate::names::NodeId;
-use crate::registry::Registry;
-use crate::repair::worker::{self as repair_worker, RepairConfig};
-use crate::replication::{PeerView, Replication, ReplicationConfig, SharedPeers};
+use crate::peers::Peers;
+use crate::repair::worker::{self as repair_worker, RepairConfig, RepairParts};
+use crate::replication::{Replication, ReplicationConfig, ReplicationParts};
+use crate::service::admin::AdminApi;
 use crate::service::registry_api::RegistryApi;
-use crate::service::{Api, ApiSettings, RepairCounters, Shared};
+use crate::service::{Api, ApiSettings, Components};
 use crate::storage::RocksStorage;
-use crate::store::{self, MetaStore};
+use crate::store::{self, Commit, MetaStore};
+use crate::workers::{WorkerBoard, supervise};
 
 /// Everything a controller needs; `Default` gives a working single-node setup.
 #[derive(Debug, Clone)]
@@ -48,14 +58,21 @@ pub struct ControllerConfig {
     pub advertise: Option<String>,
     pub heartbeat_timeout_ms: u64,
     pub write_quorum: u32,
-    /// `all` or a number; written to the cluster document when it differs.
-    pub replication: String,
-    pub shards: u32,
+    /// Seeds the replication policy of a new cluster (`all` or a number); `None` leaves the
+    /// default (`all`). Never changes an existing cluster's policy: see `set-replication`.
+    pub replication: Option<String>,
+    /// Shard count of a new cluster; `None`: the store's own, or the default for a new one.
+    /// An existing store with a different count refuses to start.
+    pub shards: Option<u32>,
+    /// Seeds the trash retention of a new cluster.
+    pub trash_retention_ms: Option<u64>,
     pub gc_grace_ms: u64,
     pub gc_interval: Duration,
     pub repair_interval: Duration,
     pub sync_interval: Duration,
     pub token_ttl_ms: u64,
+    /// Largest tolerated clock skew between this controller and its witnesses.
+    pub max_clock_skew_ms: u64,
     /// Test only: shift this process's wall clock.
     pub clock_offset_ms: i64,
 }
@@ -72,13 +89,15 @@ impl Default for ControllerConfig {
             advertise: None,
             heartbeat_timeout_ms: 6_000,
             write_quorum: 2,
-            replication: "all".into(),
-            shards: store::DEFAULT_SHARDS,
+            replication: None,
+            shards: None,
+            trash_retention_ms: None,
             gc_grace_ms: 3_600_000,
             gc_interval: Duration::from_secs(10),
             repair_interval: Duration::from_secs(1),
             sync_interval: Duration::from_secs(1),
             token_ttl_ms: 7 * 24 * 3600 * 1000,
+            max_clock_skew_ms: clock::DEFAULT_MAX_SKEW_MS,
             clock_offset_ms: 0,
         }
     }
@@ -96,11 +115,20 @@ impl ControllerConfig {
                 self.heartbeat_timeout_ms
             );
         }
-        self.replication
-            .parse::<ReplicationPolicy>()
-            .map_err(|e| anyhow::anyhow!("replication: {e}"))?;
-        if self.shards == 0 || self.shards > store::MAX_SHARDS {
+        if let Some(r) = &self.replication {
+            r.parse::<ReplicationPolicy>()
+                .map_err(|e| anyhow::anyhow!("replication: {e}"))?;
+        }
+        if let Some(s) = self.shards
+            && (s == 0 || s > store::MAX_SHARDS)
+        {
             bail!("shards: must be 1..={}", store::MAX_SHARDS);
+        }
+        if self.max_clock_skew_ms < 100 {
+            bail!(
+                "max_clock_skew_ms: {} is too small (>= 100)",
+                self.max_clock_skew_ms
+            );
         }
         Ok(())
     }
@@ -108,7 +136,7 @@ impl ControllerConfig {
 
 /// A running controller. Tests use it to reach the node's parts (to partition it, say).
 pub struct Controller {
-    pub shared: Arc<Shared>,
+    pub parts: Arc<Components>,
     pub net: redcloud_p2p::Handle,
     pub grpc_addr: SocketAddr,
     stop: watch::Sender<bool>,
@@ -119,7 +147,7 @@ pub struct Controller {
 impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Controller")
-            .field("node_id", &self.shared.node_id)
+            .field("node_id", &self.parts.node_id)
             .field("grpc_addr", &self.grpc_addr)
             .finish_non_exhaustive()
     }
@@ -132,42 +160,87 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let node = start(config, listener).await?;
-    tracing::info!(node = %node.shared.node_id, grpc = %node.grpc_addr, "controller running");
+    tracing::info!(node = %node.parts.node_id, grpc = %node.grpc_addr, "controller running");
     shutdown.await;
     node.stop().await;
     Ok(())
 }
 
-/// Starts a controller and returns once it serves.
-pub async fn start(config: ControllerConfig, listener: TcpListener) -> Result<Controller> {
-    config.validate()?;
-    clock::set_offset_ms(config.clock_offset_ms);
+/// An opened metadata store and the identity it belongs to.
+pub struct OpenedStore {
+    pub store: MetaStore,
+    pub keypair: redcloud_p2p::Keypair,
+    pub node_id: String,
+}
+
+/// Step 1: the node key and the metadata store (see the module doc).
+pub async fn open_store(config: &ControllerConfig, clock: &NodeClock) -> Result<OpenedStore> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let keypair = redcloud_p2p::load_or_create_keypair(&config.data_dir.join("node.key"))?;
     let node_id = keypair.public().to_peer_id().to_string();
-    let grpc_addr = listener.local_addr()?;
-    let address = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| advertised(grpc_addr));
-
     let meta_path = config.data_dir.join("meta");
     let storage = tokio::task::spawn_blocking(move || RocksStorage::open(&meta_path))
         .await?
         .with_context(|| format!("opening metadata in {}", config.data_dir.display()))?;
     let mut store_config = store::Config::new(NodeId::new(node_id.clone())?);
-    store_config.shards = config.shards;
+    store_config.shards = config.shards.unwrap_or(store::DEFAULT_SHARDS);
+    store_config.max_clock_ahead_ms = config.max_clock_skew_ms;
     let mut store = MetaStore::open(Box::new(storage), store_config)?;
-    let now = wall_ms();
-    let (signing, _) = store.ensure_secret(now)?;
-    let policy: ReplicationPolicy = config.replication.parse()?;
-    if store.settings()?.replication != policy {
-        store.set_replication(policy, now)?;
+    if let Some(want) = config.shards
+        && want != store.shards()
+    {
+        bail!(
+            "shards: this data directory holds a cluster with {} shards; --shards {want} cannot \
+             change it (the shard count is fixed when a cluster is created; start without \
+             --shards, or with --shards {})",
+            store.shards(),
+            store.shards()
+        );
     }
-    let secrets = store.secrets()?;
+    let now = clock.now_ms();
+    if let Some(r) = &config.replication {
+        let policy: ReplicationPolicy = r.parse()?;
+        let current = store.settings()?.replication;
+        if store.seed_replication(policy, now)?.is_none() && current != policy {
+            tracing::warn!(
+                flag = %policy, cluster = %current,
+                "--replication only seeds a new cluster; this cluster keeps its policy \
+                 (change it with `redcloud set-replication`)"
+            );
+        }
+    }
+    if let Some(ms) = config.trash_retention_ms
+        && store.created()
+    {
+        store.set_trash_retention(ms, now)?;
+    }
+    store.ensure_secret(now)?;
+    Ok(OpenedStore {
+        store,
+        keypair,
+        node_id,
+    })
+}
 
-    let mut net_config = redcloud_p2p::Config::new(config.cluster.clone(), keypair);
+/// The p2p cluster name: the configured name and the shard count, so controllers of
+/// differently shaped clusters never exchange data.
+pub fn network_name(cluster: &str, shards: u32) -> String {
+    format!("{cluster}-s{shards}")
+}
+
+/// Step 2: the p2p network, and this controller's entry in the cluster document.
+pub async fn start_network(
+    config: &ControllerConfig,
+    opened: &mut OpenedStore,
+    address: &str,
+    clock: &NodeClock,
+) -> Result<(redcloud_p2p::Handle, mpsc::Receiver<redcloud_p2p::Event>)> {
+    let shards = opened.store.shards();
+    let mut net_config = redcloud_p2p::Config::new(
+        network_name(&config.cluster, shards),
+        opened.keypair.clone(),
+    );
     net_config.listen = vec![
         config
             .p2p_listen
@@ -188,107 +261,235 @@ pub async fn start(config: ControllerConfig, listener: TcpListener) -> Result<Co
         .iter()
         .map(|a| a.to_string())
         .collect();
-    store.upsert_controller(&NodeId::new(node_id.clone())?, &address, &p2p_addrs, now)?;
-    let members: HashMap<String, (String, String)> = store
-        .chunkservers()?
-        .into_iter()
-        .map(|c| (c.id, (c.address, c.zone)))
-        .collect();
-    // Everything written above reaches peers through anti-entropy when they connect.
-    let (meta, commits) = MetaHandle::spawn(store);
+    let node = NodeId::new(opened.node_id.clone())?;
+    opened
+        .store
+        .upsert_controller(&node, address, &p2p_addrs, clock.now_ms())?;
+    Ok((net, events))
+}
 
-    let metrics = Arc::new(Metrics::default());
-    let peers: SharedPeers = Arc::new(Mutex::new(PeerView::default()));
-    let shared = Arc::new(Shared {
-        node_id: node_id.clone(),
+/// Step 3: the controller's parts around a running metadata owner.
+pub fn components(
+    config: &ControllerConfig,
+    node_id: String,
+    address: String,
+    meta: MetaHandle,
+    clock: Arc<NodeClock>,
+    tokens: Tokens,
+    members: HashMap<String, (String, String)>,
+) -> Arc<Components> {
+    Arc::new(Components {
+        node_id,
         address,
-        meta: meta.clone(),
-        registry: Mutex::new(Registry::new(config.heartbeat_timeout_ms)),
-        peers: peers.clone(),
-        metrics: metrics.clone(),
+        meta,
+        clock,
+        directory: Arc::new(Directory::new(config.heartbeat_timeout_ms, members)),
+        peers: Arc::new(Peers::default()),
+        live: Default::default(),
+        tokens: Arc::new(tokens),
+        repair: Default::default(),
+        gc: Default::default(),
+        metrics: Arc::new(Metrics::default()),
+        workers: Arc::new(WorkerBoard::default()),
         settings: ApiSettings {
             write_quorum: config.write_quorum,
-            token_ttl_ms: config.token_ttl_ms,
+            hold_interval_ms: (config.gc_grace_ms / 4).max(1_000),
         },
-        secrets: RwLock::new(secrets),
-        signing,
-        live: Default::default(),
-        repair: RepairCounters::default(),
-        members: Mutex::new(members),
-        pulling: Mutex::new(HashSet::new()),
-    });
+    })
+}
 
-    let (stop, stop_rx) = watch::channel(false);
+/// Step 4: every background worker, supervised.
+pub async fn spawn_workers(
+    config: &ControllerConfig,
+    parts: &Arc<Components>,
+    net: redcloud_p2p::Handle,
+    events: mpsc::Receiver<redcloud_p2p::Event>,
+    commits: mpsc::Receiver<Commit>,
+    stop: &watch::Receiver<bool>,
+) -> Result<Vec<JoinHandle<()>>> {
+    let board = parts.workers.clone();
     let mut tasks = Vec::new();
-    let replication = Replication::new(
-        net.clone(),
-        meta,
-        ReplicationConfig {
-            interval: config.sync_interval,
-            ..ReplicationConfig::default()
+
+    // Replication owns the event and commit queues; a restarted worker takes them over.
+    let queues = Arc::new(tokio::sync::Mutex::new((events, commits)));
+    let rparts = ReplicationParts {
+        net,
+        meta: parts.meta.clone(),
+        peers: parts.peers.clone(),
+        clock: parts.clock.clone(),
+        metrics: parts.metrics.clone(),
+    };
+    let rconfig = ReplicationConfig {
+        interval: config.sync_interval,
+        ..ReplicationConfig::default()
+    };
+    let s = stop.clone();
+    tasks.push(tokio::spawn(supervise(
+        "replication",
+        board.clone(),
+        stop.clone(),
+        move || {
+            let queues = queues.clone();
+            let worker = Replication::new(rparts.clone(), rconfig.clone());
+            let s = s.clone();
+            async move {
+                let mut q = queues.lock_owned().await;
+                let (events, commits) = &mut *q;
+                worker.run(events, commits, s).await;
+            }
         },
-        peers,
-        metrics,
+    )));
+
+    let repair = RepairParts {
+        node_id: parts.node_id.clone(),
+        meta: parts.meta.clone(),
+        clock: parts.clock.clone(),
+        directory: parts.directory.clone(),
+        peers: parts.peers.clone(),
+        live: parts.live.clone(),
+        status: parts.repair.clone(),
+        metrics: parts.metrics.clone(),
+    };
+    let repair_config = RepairConfig {
+        interval: config.repair_interval,
+        ..RepairConfig::default()
+    };
+    let s = stop.clone();
+    tasks.push(tokio::spawn(supervise(
+        "repair",
+        board.clone(),
+        stop.clone(),
+        move || repair_worker::run(repair.clone(), repair_config.clone(), s.clone()),
+    )));
+
+    let gc = GcParts {
+        node_id: parts.node_id.clone(),
+        meta: parts.meta.clone(),
+        clock: parts.clock.clone(),
+        directory: parts.directory.clone(),
+        peers: parts.peers.clone(),
+        live: parts.live.clone(),
+        status: parts.gc.clone(),
+        metrics: parts.metrics.clone(),
+    };
+    let gc_config = GcConfig {
+        interval: config.gc_interval,
+        grace_ms: config.gc_grace_ms,
+        ..GcConfig::default()
+    };
+    let s = stop.clone();
+    tasks.push(tokio::spawn(supervise(
+        "gc",
+        board.clone(),
+        stop.clone(),
+        move || collector::run(gc.clone(), gc_config.clone(), s.clone()),
+    )));
+
+    let (c, m, metrics, s) = (
+        parts.clock.clone(),
+        parts.meta.clone(),
+        parts.metrics.clone(),
+        stop.clone(),
     );
-    tasks.push(tokio::spawn(replication.run(
-        events,
-        commits,
-        stop_rx.clone(),
+    tasks.push(tokio::spawn(supervise(
+        "clock",
+        board.clone(),
+        stop.clone(),
+        move || clock::watch(c.clone(), m.clone(), metrics.clone(), s.clone()),
     )));
-    tasks.push(tokio::spawn(repair_worker::run(
-        shared.clone(),
-        RepairConfig {
-            interval: config.repair_interval,
-            ..RepairConfig::default()
-        },
-        stop_rx.clone(),
-    )));
-    tasks.push(tokio::spawn(collector::run(
-        shared.clone(),
-        GcConfig {
-            interval: config.gc_interval,
-            grace_ms: config.gc_grace_ms,
-            ..GcConfig::default()
-        },
-        stop_rx.clone(),
-    )));
+
     if let Some(addr) = &config.metrics_listen {
         let l = TcpListener::bind(addr)
             .await
             .with_context(|| format!("metrics-listen: cannot listen on {addr}"))?;
-        tasks.push(tokio::spawn(crate::http::serve_metrics(
-            l,
-            shared.clone(),
-            stop_rx.clone(),
+        let l = Arc::new(l);
+        let (p, s) = (parts.clone(), stop.clone());
+        tasks.push(tokio::spawn(supervise(
+            "metrics",
+            board.clone(),
+            stop.clone(),
+            move || crate::http::serve_metrics(l.clone(), p.clone(), s.clone()),
         )));
     }
+    Ok(tasks)
+}
 
+/// Step 5: the gRPC services on `listener` until `stop` turns true.
+pub fn serve(
+    parts: &Arc<Components>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<Result<(), tonic::transport::Error>> {
+    let max = redcloud_proto::MAX_MESSAGE_SIZE;
     let api = ControllerServiceServer::new(Api {
-        shared: shared.clone(),
+        parts: parts.clone(),
     })
-    .max_decoding_message_size(redcloud_proto::MAX_MESSAGE_SIZE)
-    .max_encoding_message_size(redcloud_proto::MAX_MESSAGE_SIZE);
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
     let registry = RegistryServiceServer::new(RegistryApi {
-        shared: shared.clone(),
+        parts: parts.clone(),
     })
-    .max_decoding_message_size(redcloud_proto::MAX_MESSAGE_SIZE)
-    .max_encoding_message_size(redcloud_proto::MAX_MESSAGE_SIZE);
-    let mut stop_server = stop_rx.clone();
-    let server = tokio::spawn(
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
+    let admin = AdminServiceServer::new(AdminApi {
+        parts: parts.clone(),
+    })
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
+    tokio::spawn(
         tonic::transport::Server::builder()
             .initial_stream_window_size(redcloud_proto::STREAM_WINDOW)
             .initial_connection_window_size(redcloud_proto::CONNECTION_WINDOW)
             .add_service(api)
             .add_service(registry)
+            .add_service(admin)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 async move {
-                    let _ = stop_server.changed().await;
+                    let _ = stop.changed().await;
                 },
             ),
+    )
+}
+
+/// Starts a controller and returns once it serves.
+pub async fn start(config: ControllerConfig, listener: TcpListener) -> Result<Controller> {
+    config.validate()?;
+    let clock = Arc::new(NodeClock::new(
+        config.clock_offset_ms,
+        config.max_clock_skew_ms,
+    ));
+    let mut opened = open_store(&config, &clock).await?;
+    let grpc_addr = listener.local_addr()?;
+    let address = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| advertised(grpc_addr));
+    let (net, events) = start_network(&config, &mut opened, &address, &clock).await?;
+    let store = &mut opened.store;
+    let (signing, _) = store.ensure_secret(clock.now_ms())?;
+    let tokens = Tokens::new(signing, store.secrets()?, config.token_ttl_ms);
+    let members: HashMap<String, (String, String)> = store
+        .chunkservers()?
+        .into_iter()
+        .map(|c| (c.id, (c.address, c.zone)))
+        .collect();
+    // Everything written so far reaches peers through anti-entropy when they connect.
+    let (meta, commits) = MetaHandle::spawn(opened.store);
+    let parts = components(
+        &config,
+        opened.node_id,
+        address,
+        meta,
+        clock,
+        tokens,
+        members,
     );
+    let (stop, stop_rx) = watch::channel(false);
+    let tasks = spawn_workers(&config, &parts, net.clone(), events, commits, &stop_rx).await?;
+    let server = serve(&parts, listener, stop_rx);
     Ok(Controller {
-        shared,
+        parts,
         net,
         grpc_addr,
         stop,
@@ -301,12 +502,12 @@ impl Controller {
     /// Stops serving, stops the workers and the network, and waits for them.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        let _ = self.server.await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
         for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
         let _ = self.net.shutdown().await;
-        self.shared.meta.shutdown().await;
+        self.parts.meta.shutdown().await;
     }
 }
 

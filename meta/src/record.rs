@@ -144,30 +144,31 @@ pub enum ChunkserverState {
 }
 
 impl ChunkserverState {
-    fn code(self) -> u32 {
+    /// The name stored in the cluster document (and shown by `status`).
+    pub fn name(self) -> &'static str {
         match self {
-            ChunkserverState::Active => 0,
-            ChunkserverState::Draining => 1,
-            ChunkserverState::Removed => 2,
+            ChunkserverState::Active => "active",
+            ChunkserverState::Draining => "draining",
+            ChunkserverState::Removed => "removed",
         }
     }
 
-    fn from_code(code: u32) -> Result<Self, String> {
-        match code {
-            0 => Ok(ChunkserverState::Active),
-            1 => Ok(ChunkserverState::Draining),
-            2 => Ok(ChunkserverState::Removed),
-            other => Err(format!("unknown chunkserver state {other}")),
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name {
+            "active" => Ok(ChunkserverState::Active),
+            "draining" => Ok(ChunkserverState::Draining),
+            "removed" => Ok(ChunkserverState::Removed),
+            other => Err(format!("unknown chunkserver state {other:?}")),
         }
     }
 }
 
-/// A chunkserver's membership entry.
+/// Where a chunkserver is: its address and zone. Its administrative state is a separate key,
+/// so a heartbeat that records a new address never overwrites a concurrent drain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChunkserverRecord {
     pub address: String,
     pub zone: String,
-    pub state: ChunkserverState,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -176,8 +177,6 @@ struct ChunkserverProto {
     address: String,
     #[prost(string, tag = "2")]
     zone: String,
-    #[prost(uint32, tag = "3")]
-    state: u32,
 }
 
 impl ChunkserverRecord {
@@ -185,7 +184,6 @@ impl ChunkserverRecord {
         ChunkserverProto {
             address: self.address.clone(),
             zone: self.zone.clone(),
-            state: self.state.code(),
         }
         .encode_to_vec()
     }
@@ -195,7 +193,6 @@ impl ChunkserverRecord {
         Ok(ChunkserverRecord {
             address: p.address,
             zone: p.zone,
-            state: ChunkserverState::from_code(p.state)?,
         })
     }
 }

@@ -7,7 +7,8 @@
 //! the registry believes differs from the reported one, the registry asks for the full
 //! inventory, so a lost or reordered delta heals itself.
 //!
-//! Pure: every method takes `now_ms`; the service does the IO.
+//! Pure: every method takes `now_ms`, a monotonic reading (so a wall clock jump cannot mark
+//! every server failed or revive a dead one); the service does the IO.
 
 use std::collections::{HashMap, HashSet};
 
@@ -26,6 +27,10 @@ pub struct Report {
     pub digest: [u8; 32],
     pub added: Vec<ChunkHash>,
     pub removed: Vec<ChunkHash>,
+    /// Metadata store incarnations the chunkserver has learned (see `crate::gc`).
+    pub lineage: Vec<String>,
+    /// The chunkserver's wall clock at sending, as it reported it (for display).
+    pub wall_ms: u64,
 }
 
 /// What the registry knows about one chunkserver.
@@ -36,7 +41,14 @@ pub struct ServerEntry {
     pub zone: String,
     pub capacity_bytes: u64,
     pub used_bytes: u64,
+    /// Monotonic time of the last heartbeat (liveness).
     pub last_heartbeat_ms: u64,
+    /// The server's own wall clock in its last heartbeat (for display).
+    pub last_heartbeat_wall_ms: u64,
+    /// Metadata store incarnations the server reported knowing.
+    pub lineage: Vec<String>,
+    /// Whether the server's membership entry is known from the cluster document.
+    pub member: bool,
     pub membership: ChunkserverState,
     inventory: HashSet<ChunkHash>,
     /// XOR of `inventory`, kept incrementally.
@@ -57,6 +69,11 @@ impl ServerEntry {
 
     pub fn holds(&self, chunk: &ChunkHash) -> bool {
         self.inventory.contains(chunk)
+    }
+
+    /// Every chunk this server is known to hold.
+    pub fn chunks(&self) -> impl Iterator<Item = &ChunkHash> {
+        self.inventory.iter()
     }
 
     pub fn free_bytes(&self) -> u64 {
@@ -102,6 +119,9 @@ impl Registry {
                 capacity_bytes: 0,
                 used_bytes: 0,
                 last_heartbeat_ms: 0,
+                last_heartbeat_wall_ms: 0,
+                lineage: Vec::new(),
+                member: false,
                 membership: ChunkserverState::Active,
                 inventory: HashSet::new(),
                 digest: [0; 32],
@@ -112,6 +132,8 @@ impl Registry {
         entry.capacity_bytes = report.capacity_bytes;
         entry.used_bytes = report.used_bytes;
         entry.last_heartbeat_ms = now_ms;
+        entry.last_heartbeat_wall_ms = report.wall_ms;
+        entry.lineage = report.lineage;
         entry.reported_digest = report.digest;
         for c in report.added {
             if entry.inventory.insert(c) {
@@ -170,14 +192,20 @@ impl Registry {
     pub fn set_membership(&mut self, id: &str, membership: ChunkserverState) {
         if let Some(entry) = self.servers.get_mut(id) {
             entry.membership = membership;
+            entry.member = true;
         }
+    }
+
+    /// Whether the server answered within the timeout (whatever its membership).
+    pub fn alive(&self, entry: &ServerEntry, now_ms: u64) -> bool {
+        now_ms.saturating_sub(entry.last_heartbeat_ms) <= self.timeout_ms
     }
 
     /// A server's health now: membership first, then liveness.
     pub fn health(&self, entry: &ServerEntry, now_ms: u64) -> Health {
         match entry.membership {
             ChunkserverState::Removed => Health::Removed,
-            _ if now_ms.saturating_sub(entry.last_heartbeat_ms) > self.timeout_ms => Health::Failed,
+            _ if !self.alive(entry, now_ms) => Health::Failed,
             ChunkserverState::Draining => Health::Draining,
             ChunkserverState::Active => Health::Active,
         }
@@ -286,6 +314,8 @@ mod tests {
             digest: digest_of(all),
             added: added.to_vec(),
             removed: removed.to_vec(),
+            lineage: Vec::new(),
+            wall_ms: 0,
         }
     }
 

@@ -187,9 +187,63 @@ impl MetaStore {
     pub fn reset_peer(&mut self, peer: &str) {
         for ((p, _), state) in self.sync_states.iter_mut() {
             if p == peer {
-                *state =
-                    sync::State::decode(&state.encode()).unwrap_or_else(|_| sync::State::new());
+                *state = fresh_state(state);
             }
         }
     }
+
+    /// Reset the sync state for (`peer`, `doc`) the same way, dropping anything in flight: at
+    /// the start of every session, and whenever an exchange failed or timed out, so one lost
+    /// message can never leave the protocol waiting for an answer that will not come.
+    pub fn reset_sync(&mut self, doc: DocId, peer: &str) {
+        if let Some(state) = self.sync_states.get_mut(&(peer.to_owned(), doc)) {
+            *state = fresh_state(state);
+        }
+    }
+
+    /// The heads `peer` last told us it has for `doc` (from the sync protocol).
+    pub fn their_heads(&self, doc: DocId, peer: &str) -> Option<Vec<ChangeHash>> {
+        self.sync_states
+            .get(&(peer.to_owned(), doc))
+            .and_then(|s| s.their_heads.clone())
+    }
+
+    /// Changes of `doc` beyond `have` (hashes we do not know are ignored), in causal order,
+    /// skipping the first `skip`, packed up to `budget` bytes (at least one change). Returns
+    /// the concatenated raw changes, how many, and whether more follow.
+    pub fn changes_beyond(
+        &self,
+        doc: DocId,
+        have: &[ChangeHash],
+        skip: u64,
+        budget: usize,
+    ) -> Result<(Vec<u8>, u64, bool), MetaError> {
+        let am = &self.doc(doc)?.am;
+        let known: Vec<ChangeHash> = have
+            .iter()
+            .filter(|h| am.get_change_meta_by_hash(h).is_some())
+            .copied()
+            .collect();
+        let changes = am.get_changes(&known);
+        let mut out = Vec::new();
+        let mut count = 0u64;
+        let mut rest = changes
+            .iter()
+            .skip(usize::try_from(skip).unwrap_or(usize::MAX));
+        for c in rest.by_ref() {
+            let raw = c.raw_bytes();
+            if count > 0 && out.len() + raw.len() > budget {
+                // Put it back: it starts the next batch.
+                return Ok((out, count, true));
+            }
+            out.extend_from_slice(raw);
+            count += 1;
+        }
+        Ok((out, count, false))
+    }
+}
+
+/// A sync state that keeps only what survives a reconnect (the shared heads).
+fn fresh_state(state: &sync::State) -> sync::State {
+    sync::State::decode(&state.encode()).unwrap_or_else(|_| sync::State::new())
 }

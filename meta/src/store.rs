@@ -22,6 +22,7 @@ pub const MAX_SHARDS: u32 = 4096;
 const META_NODE_ID: &str = "node_id";
 const META_SHARDS: &str = "shards";
 const META_HLC: &str = "hlc";
+const META_STORE_ID: &str = "store_id";
 
 /// Argon2id cost for new password hashes (verification reads the cost from the hash).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +130,10 @@ pub struct MetaStore {
     pub(crate) sync_states: HashMap<(String, DocId), automerge::sync::State>,
     pub(crate) pending_dropped: u64,
     pub(crate) changes_rejected: u64,
+    /// This store's incarnation id (see [`MetaStore::lineage`]).
+    store_id: String,
+    /// Whether this open created the store.
+    created: bool,
 }
 
 impl std::fmt::Debug for MetaStore {
@@ -186,15 +191,29 @@ impl MetaStore {
 
         let ids = std::iter::once(DocId::Cluster).chain((0..shards).map(DocId::Files));
         let mut docs = Vec::with_capacity(shards as usize + 1);
+        let mut created = false;
         for id in ids {
             let name = id.to_string();
             let (doc, fresh) = Document::open(id, storage.load(&name)?)?;
             if fresh {
                 storage.compact(&name, &doc.am.save())?;
+                created |= id == DocId::Cluster;
             }
             docs.push(doc);
         }
-        Ok(MetaStore {
+        let store_id = match storage.get_meta(META_STORE_ID)? {
+            Some(b) => String::from_utf8(b).map_err(|_| MetaError::CorruptDocument {
+                doc: format!("meta:{META_STORE_ID}"),
+                reason: "not UTF-8".into(),
+            })?,
+            None => {
+                let id = format!("{:032x}", rand::random::<u128>());
+                storage.put_meta(META_STORE_ID, id.as_bytes())?;
+                created = true;
+                id
+            }
+        };
+        let mut store = MetaStore {
             config,
             clock,
             storage,
@@ -202,7 +221,27 @@ impl MetaStore {
             sync_states: HashMap::new(),
             pending_dropped: 0,
             changes_rejected: 0,
-        })
+            store_id,
+            created,
+        };
+        if !store.lineage()?.contains(&store.store_id) {
+            // A new store (or one created before it recorded itself): its incarnation joins
+            // the lineage, with the cluster's shard count. Anti-entropy carries it to peers.
+            let id = store.store_id.clone();
+            let now = store.clock.high_water().wall_ms();
+            store.record_creation(&id, now)?;
+        }
+        Ok(store)
+    }
+
+    /// This store's incarnation id: new whenever a data directory starts empty.
+    pub fn store_id(&self) -> &str {
+        &self.store_id
+    }
+
+    /// Whether this open created the store (a new or wiped data directory).
+    pub fn created(&self) -> bool {
+        self.created
     }
 
     /// Give the storage back (tests reopen a store from it to simulate a restart).
@@ -307,15 +346,43 @@ impl MetaStore {
     }
 
     /// Observe a client's causal context (if any), then tick: the timestamp for a new commit.
+    ///
+    /// A context too far ahead of our clock (the client last wrote through a controller whose
+    /// clock is wrong) is not merged into the clock, but this one write still gets a later
+    /// timestamp than the context, so a write made after another's acknowledgement wins; the
+    /// write is never refused for it.
     pub(crate) fn next_timestamp(
         &mut self,
         wall_ms: u64,
         after: Option<Timestamp>,
     ) -> Result<Timestamp, MetaError> {
-        if let Some(after) = after {
-            self.clock.observe(after, wall_ms)?;
+        let mut floor = None;
+        if let Some(after) = after
+            && self.clock.observe(after, wall_ms).is_err()
+        {
+            tracing::warn!(%after, "client context from a clock far ahead; not merged");
+            floor = Some(after);
         }
-        Ok(self.clock.tick(wall_ms))
+        let t = self.clock.tick(wall_ms);
+        Ok(match floor {
+            Some(f) if f >= t => Timestamp(f.0 + 1),
+            _ => t,
+        })
+    }
+
+    /// Pulls the clock back to `wall_ms` when it runs more than `slack_ms` ahead of it: after
+    /// this controller learned its wall clock was wrong (see `crate::skew`), its next writes
+    /// carry honest timestamps instead of winning every concurrent conflict until real time
+    /// catches up. Causality does not depend on it: versions of one file are ordered by their
+    /// version vectors. Answers whether it moved the clock.
+    pub fn rebase_clock(&mut self, wall_ms: u64, slack_ms: u64) -> bool {
+        let last = self.clock.high_water();
+        if last.wall_ms() <= wall_ms.saturating_add(slack_ms) {
+            return false;
+        }
+        tracing::warn!(from = %last, to = wall_ms, "clock rebased to the cluster's time");
+        self.clock.rebase(Timestamp::from_wall_ms(wall_ms));
+        true
     }
 
     /// Commit `f` on `id` at a fresh timestamp and persist it.

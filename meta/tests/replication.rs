@@ -33,7 +33,7 @@ async fn start(bootstrap: Vec<String>) -> Node {
         .await
         .expect("controller starts");
     let addrs = ctl.net.listen_addrs().await.expect("listen addrs");
-    let p2p = format!("{}/p2p/{}", addrs[0], ctl.shared.node_id);
+    let p2p = format!("{}/p2p/{}", addrs[0], ctl.parts.node_id);
     Node {
         ctl,
         p2p,
@@ -70,7 +70,7 @@ fn version(seed: u8, chunks: usize) -> NewVersion {
 async fn register(node: &Node, user: &str) {
     let user = user.to_owned();
     node.ctl
-        .shared
+        .parts
         .meta
         .mutate(move |s| Ok(((), vec![s.register_user(&user, "pw", 1)?])))
         .await
@@ -81,7 +81,7 @@ async fn register(node: &Node, user: &str) {
 async fn write(node: &Node, user: &str, name: &str, v: NewVersion) -> String {
     let (user, name) = (user.to_owned(), name.to_owned());
     node.ctl
-        .shared
+        .parts
         .meta
         .mutate(move |s| {
             let (view, c) = s.add_version(&user, &name, v, now(), None)?;
@@ -92,12 +92,12 @@ async fn write(node: &Node, user: &str, name: &str, v: NewVersion) -> String {
 }
 
 fn now() -> u64 {
-    redcloud_meta::clock::wall_ms()
+    redcloud_meta::clock::system_ms()
 }
 
 async fn digest(node: &Node) -> [u8; 32] {
     node.ctl
-        .shared
+        .parts
         .meta
         .call(|s| s.digest())
         .await
@@ -130,7 +130,7 @@ async fn converge(nodes: &[Node]) -> Duration {
 async fn view(node: &Node, user: &str) -> String {
     let user = user.to_owned();
     node.ctl
-        .shared
+        .parts
         .meta
         .call(move |s| {
             let files = s.list(&user, &[]).expect("list");
@@ -273,7 +273,7 @@ async fn partition_with_writes_on_both_sides_heals_to_identical_winners() {
     }
     let conflicts = nodes[0]
         .ctl
-        .shared
+        .parts
         .meta
         .call(|s| s.conflicts("dave"))
         .await
@@ -307,7 +307,7 @@ async fn a_peer_sending_garbage_is_rejected_and_the_rest_keep_working() {
     let nodes = cluster(2).await;
     // A hostile node of the same cluster, speaking the protocols with random bytes.
     let key = redcloud_p2p::Keypair::generate_ed25519();
-    let mut cfg = redcloud_p2p::Config::new("test", key);
+    let mut cfg = redcloud_p2p::Config::new(node::network_name("test", 16), key);
     cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")];
     cfg.bootstrap = vec![nodes[0].p2p.clone()];
     cfg.mdns = false;
@@ -341,7 +341,7 @@ async fn a_peer_sending_garbage_is_rejected_and_the_rest_keep_working() {
     let vid = write(&nodes[1], "frank", "after-garbage", version(3, 2)).await;
     converge(&nodes).await;
     assert!(view(&nodes[0], "frank").await.contains(&vid));
-    let rejected = nodes[0].ctl.shared.metrics.rejected_messages.get();
+    let rejected = nodes[0].ctl.parts.metrics.rejected_messages.get();
     assert!(rejected > 0, "garbage was counted as rejected");
     evil.shutdown().await.expect("shutdown");
     stop(nodes).await;

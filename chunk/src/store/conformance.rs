@@ -22,6 +22,7 @@ pub const CASES: &[(&str, Case)] = &[
     ("contains_many", contains_many),
     ("delete", delete),
     ("delete_keeps_young_chunks", delete_keeps_young_chunks),
+    ("touch_keeps_chunks_young", touch_keeps_chunks_young),
     ("list_pages_in_id_order", list_pages_in_id_order),
     ("digest_is_xor_of_ids", digest_is_xor_of_ids),
     ("oversize_refused", oversize_refused),
@@ -201,6 +202,37 @@ pub fn delete_keeps_young_chunks(store: &dyn ChunkStore) {
             .delete_if_older(&id, 10_000, rewritten + 10_000)
             .unwrap(),
         Deletion::Absent
+    );
+    assert_eq!(store.stats().chunk_count, 0);
+}
+
+/// A touch restarts the minimum-age clock of present chunks and answers presence; it never
+/// moves the clock back and stores nothing for absent ids.
+pub fn touch_keeps_chunks_young(store: &dyn ChunkStore) {
+    let bytes = test_chunk(56, 1000);
+    let id = put_new(store, &bytes);
+    let absent = ChunkId::of(b"never stored");
+    let written = store.info(&id).unwrap().unwrap().stored_at_ms;
+    let later = written + 60_000;
+    assert_eq!(
+        store.touch_many(&[id, absent], later).unwrap(),
+        [true, false]
+    );
+    assert!(!store.contains(&absent).unwrap());
+    assert_eq!(store.info(&id).unwrap().unwrap().stored_at_ms, later);
+    // Old by the write, young by the touch.
+    assert_eq!(
+        store
+            .delete_if_older(&id, 10_000, written + 20_000)
+            .unwrap(),
+        Deletion::KeptYoung
+    );
+    // A touch with an older time does not move it back.
+    store.touch_many(&[id], written).unwrap();
+    assert_eq!(store.info(&id).unwrap().unwrap().stored_at_ms, later);
+    assert_eq!(
+        store.delete_if_older(&id, 10_000, later + 10_000).unwrap(),
+        Deletion::Deleted
     );
     assert_eq!(store.stats().chunk_count, 0);
 }

@@ -129,6 +129,20 @@ impl ChunkStore for MemoryStore {
         Ok(Deletion::Deleted)
     }
 
+    fn touch_many(&self, ids: &[ChunkId], now_ms: u64) -> Result<Vec<bool>, StoreError> {
+        let mut state = self.state.write();
+        Ok(ids
+            .iter()
+            .map(|id| match state.chunks.get_mut(id) {
+                Some(stored) => {
+                    stored.info.stored_at_ms = stored.info.stored_at_ms.max(now_ms);
+                    true
+                }
+                None => false,
+            })
+            .collect())
+    }
+
     fn list(
         &self,
         after: Option<ChunkId>,

@@ -127,7 +127,7 @@ pub enum StoreError {
 /// - `get` returns only bytes that hash to the id; a stored copy that does not is deleted and
 ///   `Corrupt` returned.
 /// - `put` of a stored chunk leaves its bytes alone, refreshes its `stored_at_ms` and answers
-///   `AlreadyPresent`.
+///   `AlreadyPresent`; `touch_many` refreshes it too, and writes nothing for absent chunks.
 /// - `stats().inventory_digest` is the XOR of the ids listed by `list`.
 pub trait ChunkStore: Send + Sync + 'static {
     /// Verifies `bytes` against `id` and stores them durably.
@@ -149,6 +149,12 @@ pub trait ChunkStore: Send + Sync + 'static {
     fn contains_many(&self, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError> {
         ids.iter().map(|id| self.contains(id)).collect()
     }
+
+    /// Refreshes the stored-at time of every present chunk among `ids` to `now_ms` (never
+    /// back), durably, so GC's minimum age keeps it: answers presence like `contains_many`.
+    /// Controllers touch the chunks a commit is about to reference, and those a long upload
+    /// holds.
+    fn touch_many(&self, ids: &[ChunkId], now_ms: u64) -> Result<Vec<bool>, StoreError>;
 
     /// Removes the chunk; answers whether it was stored.
     fn delete(&self, id: &ChunkId) -> Result<bool, StoreError> {

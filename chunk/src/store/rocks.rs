@@ -312,6 +312,33 @@ impl ChunkStore for RocksStore {
         self.delete_locked(id, min_age_ms, now_ms)
     }
 
+    fn touch_many(&self, ids: &[ChunkId], now_ms: u64) -> Result<Vec<bool>, StoreError> {
+        let mut present = Vec::with_capacity(ids.len());
+        let mut wrote = false;
+        for id in ids {
+            // Under the id's lock, so a concurrent delete cannot slip between read and write
+            // (which would leave an info record without its chunk).
+            let _guard = self.lock(id);
+            let Some(mut info) = self.read_info(id)? else {
+                present.push(false);
+                continue;
+            };
+            if info.stored_at_ms < now_ms {
+                info.stored_at_ms = now_ms;
+                self.db
+                    .put_cf(self.info_cf(), id, encode_info(&info))
+                    .map_err(rocks_error)?;
+                wrote = true;
+            }
+            present.push(true);
+        }
+        if wrote {
+            // One sync for the whole batch: durable before the answer.
+            self.db.flush_wal(true).map_err(rocks_error)?;
+        }
+        Ok(present)
+    }
+
     fn list(
         &self,
         after: Option<ChunkId>,

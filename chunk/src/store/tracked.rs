@@ -173,6 +173,10 @@ impl ChunkStore for TrackedStore {
         )
     }
 
+    fn touch_many(&self, ids: &[ChunkId], now_ms: u64) -> Result<Vec<bool>, StoreError> {
+        self.inner.touch_many(ids, now_ms)
+    }
+
     fn list(
         &self,
         after: Option<ChunkId>,

@@ -56,7 +56,11 @@ pub async fn start_with(capacity: Option<u64>, scrub: ScrubConfig) -> TestServer
         address: addr.clone(),
         zone: "z1".into(),
     };
-    let server = Chunkserver::new(store.clone(), node, scrub);
+    // The cluster state this server has served: deletes must come from a controller that has
+    // seen it (see `redcloud_chunk::lineage`).
+    let lineage = redcloud_chunk::lineage::Lineage::in_memory();
+    lineage.learn(&lineage_ids()).unwrap();
+    let server = Chunkserver::new(store.clone(), node, scrub).with_lineage(Arc::new(lineage));
     let metrics = server.metrics();
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(server.serve(listener, async {
@@ -89,6 +93,11 @@ impl TestServer {
     }
 }
 
+/// The lineage test servers start with: a delete must carry it.
+pub fn lineage_ids() -> Vec<String> {
+    vec!["store0".to_owned()]
+}
+
 /// Chunk number `seed` of `len` bytes, with its id.
 pub fn chunk(seed: u64, len: usize) -> (ChunkId, Bytes) {
     let bytes = Bytes::from(test_chunk(seed, len));
@@ -104,6 +113,7 @@ pub fn wire(id: &ChunkId) -> Bytes {
 pub async fn has(client: &mut ChunkClient, ids: &[ChunkId]) -> Vec<bool> {
     let request = redcloud_proto::chunk::HasChunksRequest {
         ids: ids.iter().map(wire).collect(),
+        touch: false,
     };
     client
         .has_chunks(request)

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
+use redcloud_proto::controller::admin_service_client::AdminServiceClient;
 use redcloud_proto::controller::controller_service_client::ControllerServiceClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -20,7 +21,7 @@ pub struct Controllers {
     addresses: Vec<String>,
     /// Index of the controller that answered last.
     current: usize,
-    client: Option<ControllerServiceClient<Channel>>,
+    channel: Option<Channel>,
 }
 
 impl Controllers {
@@ -28,7 +29,7 @@ impl Controllers {
         Self {
             addresses,
             current: 0,
-            client: None,
+            channel: None,
         }
     }
 
@@ -39,9 +40,26 @@ impl Controllers {
 
     /// Runs `call` against a controller, failing over to the next one when a controller is
     /// unreachable. Application errors (bad input, not found, ...) are returned at once.
-    pub async fn call<T, F, Fut>(&mut self, mut call: F) -> Result<T>
+    pub async fn call<T, F, Fut>(&mut self, call: F) -> Result<T>
     where
         F: FnMut(ControllerServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        self.call_with(api_client, call).await
+    }
+
+    /// [`Controllers::call`] for the operator API.
+    pub async fn admin<T, F, Fut>(&mut self, call: F) -> Result<T>
+    where
+        F: FnMut(AdminServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        self.call_with(AdminServiceClient::new, call).await
+    }
+
+    async fn call_with<C, T, F, Fut>(&mut self, make: fn(Channel) -> C, mut call: F) -> Result<T>
+    where
+        F: FnMut(C) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         if self.addresses.is_empty() {
@@ -53,7 +71,7 @@ impl Controllers {
         for attempt in 0..self.addresses.len() {
             let idx = (self.current + attempt) % self.addresses.len();
             let addr = self.addresses[idx].clone();
-            let client = match self.client.clone().filter(|_| idx == self.current) {
+            let channel = match self.channel.clone().filter(|_| idx == self.current) {
                 Some(c) => c,
                 None => match connect(&addr).await {
                     Ok(c) => c,
@@ -64,20 +82,20 @@ impl Controllers {
                     }
                 },
             };
-            match tokio::time::timeout(CALL_TIMEOUT, call(client.clone())).await {
+            match tokio::time::timeout(CALL_TIMEOUT, call(make(channel.clone()))).await {
                 Ok(Ok(v)) => {
                     self.current = idx;
-                    self.client = Some(client);
+                    self.channel = Some(channel);
                     return Ok(v);
                 }
                 Ok(Err(status)) if is_transport_failure(&status) => {
                     tracing::debug!(%addr, %status, "controller failed; trying the next");
-                    self.client = None;
+                    self.channel = None;
                     tried.push(addr);
                 }
                 Ok(Err(status)) => return Err(status_error(status)),
                 Err(_) => {
-                    self.client = None;
+                    self.channel = None;
                     tried.push(addr);
                 }
             }
@@ -89,16 +107,20 @@ impl Controllers {
     }
 }
 
-async fn connect(addr: &str) -> Result<ControllerServiceClient<Channel>> {
+async fn connect(addr: &str) -> Result<Channel> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT);
     let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
         .await
         .map_err(|_| anyhow!("connect to {addr} timed out"))??;
-    Ok(ControllerServiceClient::new(channel)
+    Ok(channel)
+}
+
+fn api_client(channel: Channel) -> ControllerServiceClient<Channel> {
+    ControllerServiceClient::new(channel)
         .max_decoding_message_size(redcloud_proto::MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(redcloud_proto::MAX_MESSAGE_SIZE))
+        .max_encoding_message_size(redcloud_proto::MAX_MESSAGE_SIZE)
 }
 
 /// Statuses that mean "this controller is not answering", not "your request is wrong".

@@ -3,8 +3,14 @@
 //!
 //! A chunk counts as written once `write_quorum` chunkservers acknowledged it (each
 //! acknowledgement is durable on that server); if a target fails, the next one offered by the
-//! plan is tried. The commit succeeds only when the controller knows every chunk is stored, so
-//! an acknowledged upload never references a missing chunk.
+//! plan is tried. The controller commits only when the chunkservers themselves confirm the
+//! quorum's copies of every chunk; it names the chunks that fall short, which are written
+//! again (to fresh targets) before the commit is retried. A commit accepted with fewer copies
+//! because fewer chunkservers are active is reported as degraded.
+//!
+//! While an upload runs longer than the plan's hold interval, a background task asks the
+//! controller to hold the chunks written so far, so garbage collection never takes them
+//! before the commit.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -17,7 +23,7 @@ use futures::{StreamExt, TryStreamExt};
 use redcloud_chunk::client;
 use redcloud_chunk::id::ChunkId;
 use redcloud_proto::controller::{
-    ChunkPlan, ChunkRef, CommitFileRequest, FileInfo, PlanUploadRequest,
+    ChunkPlan, ChunkRef, CommitFileRequest, FileInfo, HoldChunksRequest, PlanUploadRequest,
 };
 
 use super::authed;
@@ -29,6 +35,8 @@ use crate::session::Session;
 
 /// Chunks written at the same time by one upload.
 const PARALLEL_CHUNKS: usize = 4;
+/// Commits tried before giving up when chunks keep lacking copies.
+const COMMIT_ATTEMPTS: usize = 3;
 
 /// What an upload did.
 #[derive(Debug, Clone)]
@@ -38,6 +46,11 @@ pub struct Uploaded {
     /// Chunks actually sent (the rest were already stored).
     pub chunks_sent: usize,
     pub bytes_sent: u64,
+    /// Committed with fewer copies than the write quorum (fewer chunkservers active).
+    pub degraded: bool,
+    /// Fewest confirmed copies of any chunk, and the quorum asked for.
+    pub copies: u32,
+    pub quorum: u32,
 }
 
 /// Uploads `path` as `name` with `tags`.
@@ -73,18 +86,16 @@ pub async fn upload(
         })
         .collect();
     let token = session.token.clone();
-    let plan = ctl
-        .call(|mut c| {
-            let req = authed(
-                PlanUploadRequest {
-                    chunks: refs.clone(),
-                },
-                &token,
-            );
-            async move { c.plan_upload(req).await.map(|r| r.into_inner()) }
-        })
-        .await?;
+    let plan = plan_upload(ctl, &token, refs.clone(), false).await?;
     let quorum = plan.write_quorum.max(1) as usize;
+    // Every chunk of the file is held while the upload runs (deduplicated ones too: their
+    // last other reference could be deleted meanwhile).
+    let holder = Holder::start(
+        ctl.clone(),
+        token.clone(),
+        distinct.keys().copied().collect(),
+        plan.hold_interval_ms,
+    );
     let new: Vec<(ChunkSpan, ChunkPlan)> = plan
         .chunks
         .into_iter()
@@ -106,24 +117,7 @@ pub async fn upload(
         Arc::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?);
     let pool = ChunkPool::default();
     let chunks_sent = new.len();
-    futures::stream::iter(new.into_iter().map(|(span, plan)| {
-        let file = file.clone();
-        let pool = pool.clone();
-        let bar = bar.clone();
-        let path = path.to_owned();
-        async move {
-            let data =
-                tokio::task::spawn_blocking(move || chunking::read_span(&file, &span, &path))
-                    .await
-                    .context("read task failed")??;
-            write_replicas(&pool, span.id, Bytes::from(data), &plan.targets, quorum).await?;
-            bar.inc(span.len);
-            Ok::<_, anyhow::Error>(())
-        }
-    }))
-    .buffer_unordered(PARALLEL_CHUNKS)
-    .try_collect::<Vec<()>>()
-    .await?;
+    write_all(&pool, &file, path, new, quorum, &bar).await?;
     bar.finish_and_clear();
 
     let commit = CommitFileRequest {
@@ -141,23 +135,166 @@ pub async fn upload(
             .collect(),
         after: session.last_write_hlc,
     };
-    let token = session.token.clone();
-    let file = ctl
-        .call(|mut c| {
-            let req = authed(commit.clone(), &token);
-            async move { c.commit_file(req).await.map(|r| r.into_inner()) }
-        })
-        .await?
+    let mut resent = 0;
+    let mut attempt = 0;
+    let response = loop {
+        attempt += 1;
+        let response = ctl
+            .call(|mut c| {
+                let req = authed(commit.clone(), &token);
+                async move { c.commit_file(req).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        if response.missing.is_empty() {
+            break response;
+        }
+        if attempt >= COMMIT_ATTEMPTS {
+            bail!(
+                "{} chunks of {name} lack their {} confirmed copies after {attempt} attempts \
+                 (the chunkservers holding them may be failing); nothing was committed",
+                response.missing.len(),
+                response.quorum
+            );
+        }
+        // Some chunks lack copies (a server died, or a deduplicated copy was collected):
+        // write them again to the targets a fresh plan offers, then commit again.
+        let missing: Vec<ChunkRef> = response
+            .missing
+            .iter()
+            .filter_map(|id| <[u8; 32]>::try_from(&id[..]).ok())
+            .filter_map(|id| distinct.get(&id))
+            .map(|c| ChunkRef {
+                id: Bytes::copy_from_slice(&c.id),
+                size: c.len,
+            })
+            .collect();
+        tracing::warn!(
+            chunks = missing.len(),
+            "chunks lack copies; writing them again"
+        );
+        let replan = plan_upload(ctl, &token, missing, true).await?;
+        let quorum = replan.write_quorum.max(1) as usize;
+        let again: Vec<(ChunkSpan, ChunkPlan)> = replan
+            .chunks
+            .into_iter()
+            .filter_map(|p| {
+                let id: [u8; 32] = p.id[..].try_into().ok()?;
+                distinct.get(&id).map(|span| (*span, p))
+            })
+            .collect();
+        resent += again.len();
+        let bar = progress::bytes_bar(&format!("re-sending {name}"), 0);
+        write_all(&pool, &file, path, again, quorum, &bar).await?;
+        bar.finish_and_clear();
+    };
+    holder.stop().await;
+    let file = response
         .file
         .ok_or_else(|| anyhow!("controller acknowledged the commit without the file"))?;
     session.observe_write(file.hlc)?;
     Ok(Uploaded {
         file,
         chunks: fc.chunks.len(),
-        chunks_sent,
+        chunks_sent: chunks_sent + resent,
         bytes_sent: bytes_to_send,
+        degraded: response.degraded,
+        copies: response.copies,
+        quorum: response.quorum,
     })
 }
+
+async fn plan_upload(
+    ctl: &mut Controllers,
+    token: &str,
+    chunks: Vec<ChunkRef>,
+    force: bool,
+) -> Result<redcloud_proto::controller::PlanUploadResponse> {
+    ctl.call(|mut c| {
+        let req = authed(
+            PlanUploadRequest {
+                chunks: chunks.clone(),
+                force,
+            },
+            token,
+        );
+        async move { c.plan_upload(req).await.map(|r| r.into_inner()) }
+    })
+    .await
+}
+
+/// Reads and writes `chunks` of `path`, several at once, each to `quorum` of its targets.
+async fn write_all(
+    pool: &ChunkPool,
+    file: &Arc<File>,
+    path: &Path,
+    chunks: Vec<(ChunkSpan, ChunkPlan)>,
+    quorum: usize,
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
+    futures::stream::iter(chunks.into_iter().map(|(span, plan)| {
+        let file = file.clone();
+        let pool = pool.clone();
+        let bar = bar.clone();
+        let path = path.to_owned();
+        async move {
+            let data =
+                tokio::task::spawn_blocking(move || chunking::read_span(&file, &span, &path))
+                    .await
+                    .context("read task failed")??;
+            write_replicas(&pool, span.id, Bytes::from(data), &plan.targets, quorum).await?;
+            bar.inc(span.len);
+            Ok::<_, anyhow::Error>(())
+        }
+    }))
+    .buffer_unordered(PARALLEL_CHUNKS)
+    .try_collect::<Vec<()>>()
+    .await?;
+    Ok(())
+}
+
+/// Asks the controller, every `interval`, to hold an upload's chunks while it runs.
+struct Holder {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Holder {
+    fn start(mut ctl: Controllers, token: String, ids: Vec<[u8; 32]>, interval_ms: u64) -> Self {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let interval = std::time::Duration::from_millis(interval_ms.max(1_000));
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+                for batch in ids.chunks(MAX_IDS_PER_HOLD) {
+                    let req = HoldChunksRequest {
+                        ids: batch.iter().map(|id| Bytes::copy_from_slice(id)).collect(),
+                    };
+                    let held = ctl
+                        .call(|mut c| {
+                            let r = authed(req.clone(), &token);
+                            async move { c.hold_chunks(r).await.map(|r| r.into_inner()) }
+                        })
+                        .await;
+                    if let Err(e) = held {
+                        tracing::warn!(error = %e, "could not hold the upload's chunks");
+                    }
+                }
+            }
+        });
+        Holder { stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Ids per HoldChunks call (the controller's limit per call).
+const MAX_IDS_PER_HOLD: usize = 100_000;
 
 /// Writes one chunk to `quorum` of `targets`: the first `quorum` targets at once, then, for
 /// each failure, the next untried target, until `quorum` copies are acknowledged or the

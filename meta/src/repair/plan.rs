@@ -3,9 +3,9 @@
 //! how healthy each server is) and gets back orders, fewest replicas first.
 //!
 //! Rules:
-//! - Only copies on `Active` servers count towards the target; copies on draining servers are
-//!   still used as sources, copies on failed servers are neither (they count as missing until
-//!   the server heartbeats again).
+//! - Only copies on `Active` servers count towards the target; copies on draining servers, and
+//!   on removed servers that still answer, are used as sources; copies on failed servers are
+//!   neither (they count as missing until the server heartbeats again).
 //! - Target: policy `All` wants a copy on every active server; `Count(n)` wants
 //!   `min(n, active servers)`.
 //! - A chunk with no copy on an active or draining server is *lost* (for now): nothing can be
@@ -38,6 +38,8 @@ pub struct Server {
     pub zone: String,
     pub free_bytes: u64,
     pub health: Health,
+    /// Heartbeating within the timeout (a removed server that still answers is a source).
+    pub alive: bool,
 }
 
 /// One copy to make: `target` pulls `chunk` from `source`.
@@ -103,6 +105,11 @@ pub fn plan(input: &Input<'_>, live: impl IntoIterator<Item = (ChunkHash, u64)>)
     let mut plan = Plan::default();
     let mut orders = Vec::new();
     let no_holders = Vec::new();
+    let is_source = |s: &Server| match s.health {
+        Health::Active | Health::Draining => true,
+        Health::Removed => s.alive,
+        Health::Failed => false,
+    };
     for (chunk, size) in live {
         let holders = input.holders.get(&chunk).unwrap_or(&no_holders);
         let health = |id: &String| by_id.get(id.as_str()).map(|s| s.health);
@@ -112,7 +119,7 @@ pub fn plan(input: &Input<'_>, live: impl IntoIterator<Item = (ChunkHash, u64)>)
             .collect();
         let sources: Vec<&String> = holders
             .iter()
-            .filter(|h| matches!(health(h), Some(Health::Active | Health::Draining)))
+            .filter(|h| by_id.get(h.as_str()).is_some_and(|s| is_source(s)))
             .collect();
         if sources.is_empty() {
             plan.lost += 1;
@@ -163,6 +170,7 @@ mod tests {
             zone: "z".into(),
             free_bytes: 1 << 30,
             health,
+            alive: health != Health::Failed,
         }
     }
 
@@ -249,6 +257,21 @@ mod tests {
     }
 
     #[test]
+    fn a_removed_server_that_still_answers_is_a_source() {
+        let mut servers = vec![server("gone", Health::Removed), server("b", Health::Active)];
+        let mut holders = HashMap::new();
+        holders.insert(chunk(1), vec!["gone".to_string()]);
+        let p = run(Policy::Count(1), &servers, &holders, &[chunk(1)]);
+        assert_eq!(p.lost, 0);
+        assert_eq!(p.orders.len(), 1);
+        assert_eq!(p.orders[0].source, "gone");
+        // Silent and removed: nothing to read from.
+        servers[0].alive = false;
+        let p = run(Policy::Count(1), &servers, &holders, &[chunk(1)]);
+        assert_eq!(p.lost, 1);
+    }
+
+    #[test]
     fn chunks_owned_by_other_controllers_are_counted_not_ordered() {
         let servers = [server("a", Health::Active), server("b", Health::Active)];
         let holders: HashMap<_, _> = (0..50).map(|i| (chunk(i), vec!["a".to_string()])).collect();
@@ -305,14 +328,14 @@ mod tests {
                 prop_assert!(!hs.contains(&o.target));
                 prop_assert_eq!(health[o.target.as_str()], Health::Active);
                 prop_assert!(hs.contains(&o.source));
-                prop_assert!(matches!(health[o.source.as_str()], Health::Active | Health::Draining));
+                prop_assert!(matches!(health[o.source.as_str()], Health::Active | Health::Draining | Health::Removed));
                 *per_chunk.entry(o.chunk).or_default() += 1;
             }
             // Every chunk that has a healthy source is brought exactly up to the target.
             for c in &live {
                 let hs = &holders[c];
                 let have = hs.iter().filter(|h| health[h.as_str()] == Health::Active).count();
-                let has_source = hs.iter().any(|h| matches!(health[h.as_str()], Health::Active | Health::Draining));
+                let has_source = hs.iter().any(|h| matches!(health[h.as_str()], Health::Active | Health::Draining | Health::Removed));
                 let n = per_chunk.get(c).copied().unwrap_or(0);
                 if has_source && have < target {
                     prop_assert_eq!(have + n, target);

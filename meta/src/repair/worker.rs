@@ -1,21 +1,31 @@
-//! The repair worker: every pass it refreshes the set of live chunks (when the metadata
-//! changed), plans with [`super::plan`], and orders `ReplicateChunk` on target chunkservers
-//! with bounded concurrency and per-chunk exponential backoff. It also finishes drains: a
-//! draining server whose every chunk has enough copies elsewhere is marked removed.
+//! The repair worker: every pass it reads the metadata facts (with a live chunk set stamped by
+//! the digest it was computed from), plans with [`super::plan`], and orders `ReplicateChunk`
+//! on target chunkservers with bounded concurrency and per-chunk exponential backoff.
+//!
+//! It also finishes drains, on proof only: [`super::drain::check`] must pass on current
+//! knowledge, then every copy it counts is confirmed by a fresh `HasChunks` on the server
+//! holding it, and only then is the server marked removed (and only if it is still draining).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::drain::{self, DrainInput, DrainServer};
 use super::plan::{self, Health, Order, Server};
-use crate::clock::wall_ms;
-use crate::record::{ChunkHash, ChunkserverState};
-use crate::service::Shared;
+use crate::clock::NodeClock;
+use crate::directory::{Directory, Target};
+use crate::handle::MetaHandle;
+use crate::live::LiveSet;
+use crate::metrics::{Counter, Gauge, Metrics};
+use crate::peers::Peers;
+use crate::proof;
+use crate::record::ChunkHash;
+use crate::service::confirm;
 
 /// Tunables of the repair loop.
 #[derive(Debug, Clone)]
@@ -29,6 +39,8 @@ pub struct RepairConfig {
     pub backoff_max: Duration,
     /// Orders kept from one planning pass to start as earlier copies finish.
     pub queue_limit: usize,
+    /// A peer counts as in sync if its metadata equalled ours this recently (drain proof).
+    pub sync_freshness: Duration,
 }
 
 impl Default for RepairConfig {
@@ -40,8 +52,36 @@ impl Default for RepairConfig {
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             queue_limit: 100_000,
+            sync_freshness: Duration::from_secs(10),
         }
     }
+}
+
+/// Progress of the repair loop, shown by `status` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct RepairStatus {
+    pub queued: Gauge,
+    pub in_flight: Gauge,
+    pub done: Counter,
+    pub failed: Counter,
+    pub total_chunks: Gauge,
+    pub under_replicated: Gauge,
+    pub lost: Gauge,
+    /// Draining servers and why each is not retired yet.
+    pub drains: Mutex<BTreeMap<String, String>>,
+}
+
+/// What the repair worker works with.
+#[derive(Debug, Clone)]
+pub struct RepairParts {
+    pub node_id: String,
+    pub meta: MetaHandle,
+    pub clock: Arc<NodeClock>,
+    pub directory: Arc<Directory>,
+    pub peers: Arc<Peers>,
+    pub live: Arc<LiveSet>,
+    pub status: Arc<RepairStatus>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Per-chunk retry state after a failed copy.
@@ -52,30 +92,27 @@ struct Backoff {
 }
 
 struct Worker {
-    shared: Arc<Shared>,
+    parts: RepairParts,
     config: RepairConfig,
     tasks: JoinSet<(Order, Result<(), String>)>,
     in_flight: HashSet<ChunkHash>,
     backoff: HashMap<ChunkHash, Backoff>,
-    /// Metadata digest the live set was computed from.
-    live_digest: Option<[u8; 32]>,
     /// Planned orders not started yet, fewest replicas first; refilled by every pass and
     /// drained as copies finish, so the pipe stays full between passes.
-    queue: std::collections::VecDeque<Order>,
+    queue: VecDeque<Order>,
     /// Chunkserver id -> address, as of the last pass.
     addresses: HashMap<String, String>,
 }
 
 /// Runs the repair loop until `shutdown` turns true.
-pub async fn run(shared: Arc<Shared>, config: RepairConfig, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(parts: RepairParts, config: RepairConfig, mut shutdown: watch::Receiver<bool>) {
     let mut w = Worker {
-        shared,
+        parts,
         config,
         tasks: JoinSet::new(),
         in_flight: HashSet::new(),
         backoff: HashMap::new(),
-        live_digest: None,
-        queue: std::collections::VecDeque::new(),
+        queue: VecDeque::new(),
         addresses: HashMap::new(),
     };
     let mut tick = tokio::time::interval(w.config.interval);
@@ -93,53 +130,47 @@ pub async fn run(shared: Arc<Shared>, config: RepairConfig, mut shutdown: watch:
 impl Worker {
     #[tracing::instrument(skip(self), level = "debug")]
     async fn pass(&mut self) {
-        if let Err(e) = self.refresh_live().await {
-            tracing::warn!(error = %e, "cannot read live chunks");
-            return;
-        }
-        let members = match self
-            .shared
-            .meta
-            .call(|s| (s.chunkservers(), s.settings()))
-            .await
-        {
-            Ok((Ok(m), Ok(settings))) => (m, settings),
-            _ => return,
+        let p = self.parts.clone();
+        let facts = match proof::gather(&p.meta, &p.live).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the metadata facts");
+                return;
+            }
         };
-        let (members, settings) = members;
-        let now_ms = wall_ms();
-        let now = Instant::now();
-        self.backoff.retain(|_, b| b.until > now);
+        p.directory.apply_membership(&facts.chunkservers);
+        let now = p.clock.mono_ms();
+        let now_i = Instant::now();
+        self.backoff.retain(|_, b| b.until > now_i);
         let busy: HashSet<ChunkHash> = self
             .in_flight
             .iter()
             .chain(self.backoff.keys())
             .copied()
             .collect();
-        let mut controllers: Vec<String> = self
-            .shared
-            .peers
-            .lock()
-            .connected
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
-        controllers.push(self.shared.node_id.clone());
-        controllers.sort();
-        let live = self.shared.live.snapshot();
+        let controllers = p.peers.visible_with(&p.node_id);
+        let live = &facts.live.chunks;
+        // Computed before taking the directory's lock (the check reads the directory too).
+        let view = facts
+            .check(
+                &p.node_id,
+                &p.peers,
+                &p.directory,
+                now,
+                self.config.sync_freshness.as_millis() as u64,
+            )
+            .err()
+            .map(|b| b.to_string());
 
-        let (the_plan, addresses, draining) = {
-            let mut reg = self.shared.registry.lock();
-            for m in &members {
-                reg.set_membership(&m.id, m.state);
-            }
+        let (the_plan, addresses, drains) = p.directory.read(|reg| {
             let servers: Vec<Server> = reg
                 .servers()
                 .map(|s| Server {
                     id: s.id.clone(),
                     zone: s.zone.clone(),
                     free_bytes: s.free_bytes(),
-                    health: reg.health(s, now_ms),
+                    health: reg.health(s, now),
+                    alive: reg.alive(s, now),
                 })
                 .collect();
             let addresses: HashMap<String, String> = reg
@@ -147,52 +178,108 @@ impl Worker {
                 .map(|s| (s.id.clone(), s.address.clone()))
                 .collect();
             let input = plan::Input {
-                policy: settings.replication,
+                policy: facts.settings.replication,
                 servers: &servers,
                 holders: reg.holders(),
-                me: &self.shared.node_id,
+                me: &p.node_id,
                 controllers: &controllers,
                 busy: &busy,
                 max_orders: self.config.queue_limit,
             };
-            let p = plan::plan(&input, live.iter().map(|(c, s)| (*c, *s)));
-            let draining: Vec<String> = servers
+            let the_plan = plan::plan(&input, live.iter().map(|(c, s)| (*c, *s)));
+            let drain_servers: Vec<DrainServer> = reg
+                .servers()
+                .map(|s| DrainServer {
+                    id: s.id.clone(),
+                    health: reg.health(s, now),
+                    inventory_current: reg.alive(s, now) && s.inventory_in_sync(),
+                })
+                .collect();
+            let drains: Vec<(String, Result<drain::Confirmations, String>)> = servers
                 .iter()
                 .filter(|s| s.health == Health::Draining)
-                .filter(|s| drained(&reg, &s.id, &p, &live))
-                .map(|s| s.id.clone())
+                .map(|s| {
+                    let verdict = drain::check(&DrainInput {
+                        server: &s.id,
+                        policy: facts.settings.replication,
+                        servers: &drain_servers,
+                        holders: reg.holders(),
+                        live,
+                        view_not_current: view.clone(),
+                    });
+                    (s.id.clone(), verdict)
+                })
                 .collect();
-            (p, addresses, draining)
-        };
+            (the_plan, addresses, drains)
+        });
 
-        let counters = &self.shared.repair;
-        counters
-            .under_replicated
-            .store(the_plan.under_replicated, Ordering::Relaxed);
-        counters.lost.store(the_plan.lost, Ordering::Relaxed);
-        counters
-            .total_chunks
-            .store(live.len() as u64, Ordering::Relaxed);
+        let st = &p.status;
+        st.under_replicated.set(the_plan.under_replicated);
+        st.lost.set(the_plan.lost);
+        st.total_chunks.set(live.len() as u64);
         self.addresses = addresses;
         self.queue = the_plan.orders.into();
         self.start_queued();
 
-        for id in draining {
-            tracing::info!(%id, "drain complete; removing chunkserver");
-            let _ = self
-                .shared
-                .meta
-                .mutate(move |s| {
-                    let c = s.set_chunkserver_state(&id, ChunkserverState::Removed, wall_ms())?;
-                    Ok(((), c.into_iter().collect()))
-                })
-                .await;
+        let mut reasons = BTreeMap::new();
+        for (id, verdict) in drains {
+            let why = match verdict {
+                Ok(confirmations) => match self.finish_drain(&id, confirmations).await {
+                    Ok(()) => continue,
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            tracing::debug!(%id, reason = %why, "drain not complete yet");
+            reasons.insert(id, why);
         }
+        *st.drains.lock() = reasons;
+    }
+
+    /// Confirms every counted copy with its server, then retires `id`.
+    async fn finish_drain(
+        &self,
+        id: &str,
+        confirmations: drain::Confirmations,
+    ) -> Result<(), String> {
+        for (server, chunks) in confirmations {
+            let address = self
+                .addresses
+                .get(&server)
+                .ok_or_else(|| format!("no address for {server}"))?;
+            let target = [Target {
+                id: server.clone(),
+                address: address.clone(),
+            }];
+            for batch in chunks.chunks(crate::service::MAX_CHUNKS_PER_CALL) {
+                let found = confirm::confirm_copies(&target, batch, false).await;
+                if let Some(c) = batch.iter().find(|c| !found.contains_key(*c)) {
+                    return Err(format!("{server} did not confirm chunk {}", hex::encode(c)));
+                }
+            }
+        }
+        let p = &self.parts;
+        let clock = p.clock.clone();
+        let server = id.to_owned();
+        let retired = p
+            .meta
+            .mutate(move |s| {
+                let c = s.finish_drain(&server, clock.now_ms())?;
+                let done = c.is_some();
+                Ok((done, c.into_iter().collect()))
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        if retired {
+            tracing::info!(%id, "drain complete: every chunk confirmed elsewhere; chunkserver removed");
+            p.metrics.drains_completed.inc();
+        }
+        Ok(())
     }
 
     /// Starts queued orders until the concurrency limit is reached.
     fn start_queued(&mut self) {
-        let counters = &self.shared.repair;
+        let st = self.parts.status.clone();
         while self.in_flight.len() < self.config.concurrency {
             let Some(order) = self.queue.pop_front() else {
                 break;
@@ -207,8 +294,8 @@ impl Worker {
                 continue;
             };
             self.in_flight.insert(order.chunk);
-            self.shared.metrics.repair_started.inc();
-            counters.in_flight.fetch_add(1, Ordering::Relaxed);
+            self.parts.metrics.repair_started.inc();
+            st.in_flight.add(1);
             let (target, source) = (target.clone(), source.clone());
             let timeout = self.config.copy_timeout;
             self.tasks.spawn(async move {
@@ -218,35 +305,7 @@ impl Worker {
                 (order, r)
             });
         }
-        counters
-            .queued
-            .store(self.queue.len() as u64, Ordering::Relaxed);
-    }
-
-    /// Recomputes the live chunk set when the metadata digest moved.
-    async fn refresh_live(&mut self) -> Result<(), String> {
-        let last = self.live_digest;
-        let generation = self.shared.live.begin_refresh();
-        let fresh = self
-            .shared
-            .meta
-            .call(move |s| {
-                let d = s.digest();
-                if Some(d) == last {
-                    return Ok(None);
-                }
-                s.live_chunks().map(|l| Some((d, l)))
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        if let Some((digest, live)) = fresh {
-            self.shared
-                .live
-                .replace(live.into_iter().collect(), generation);
-            self.live_digest = Some(digest);
-        }
-        Ok(())
+        st.queued.set(self.queue.len() as u64);
     }
 
     fn finished(&mut self, done: Result<(Order, Result<(), String>), tokio::task::JoinError>) {
@@ -254,23 +313,20 @@ impl Worker {
             return;
         };
         self.in_flight.remove(&order.chunk);
-        let counters = &self.shared.repair;
-        counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let st = self.parts.status.clone();
+        st.in_flight.sub(1);
         match result {
             Ok(()) => {
-                self.shared
-                    .registry
-                    .lock()
-                    .note_stored(&order.target, order.chunk);
-                counters.done.fetch_add(1, Ordering::Relaxed);
-                self.shared.metrics.repair_done.inc();
+                self.parts.directory.note_stored(&order.target, order.chunk);
+                st.done.inc();
+                self.parts.metrics.repair_done.inc();
                 self.backoff.remove(&order.chunk);
             }
             Err(e) => {
                 tracing::debug!(chunk = %hex::encode(order.chunk), target = %order.target,
                     source = %order.source, error = %e, "repair copy failed");
-                counters.failed.fetch_add(1, Ordering::Relaxed);
-                self.shared.metrics.repair_failed.inc();
+                st.failed.inc();
+                self.parts.metrics.repair_failed.inc();
                 let prev = self.backoff.get(&order.chunk).map(|b| b.delay);
                 let delay = prev
                     .map(|d| (d * 2).min(self.config.backoff_max))
@@ -288,25 +344,6 @@ impl Worker {
         }
         self.start_queued();
     }
-}
-
-/// Whether every live chunk on draining server `id` has its full count of active copies
-/// elsewhere (nothing left to move).
-fn drained(
-    reg: &crate::registry::Registry,
-    id: &str,
-    p: &plan::Plan,
-    live: &HashMap<ChunkHash, u64>,
-) -> bool {
-    let Some(server) = reg.server(id) else {
-        return false;
-    };
-    let pending: HashSet<&ChunkHash> = p.orders.iter().map(|o| &o.chunk).collect();
-    p.under_replicated == 0
-        && live
-            .keys()
-            .filter(|c| server.holds(c))
-            .all(|c| !pending.contains(c))
 }
 
 /// Orders `target` to pull `chunk` from `source`.

@@ -5,35 +5,36 @@
 //!   pull the document from the announcer by sync. Nothing is dropped for size.
 //! - **Receive**: gossip is validated by applying it; changes that do not parse are rejected
 //!   (and not forwarded by gossipsub), the rest are accepted.
-//! - **Anti-entropy**: when a peer connects and then every `interval`, a session per peer
-//!   exchanges per-document heads digests (one small round trip when nothing differs) and runs
-//!   the Automerge sync protocol on the documents that differ, until neither side has anything
-//!   to send. Gossip is best effort; these sessions are what guarantee convergence after drops,
-//!   restarts and partitions.
+//! - **Anti-entropy**: when a peer connects and then every `interval`, a session per peer runs
+//!   the protocol of [`session`] (digests, then Automerge sync of the documents that differ,
+//!   with bounded bulk transfer for large differences). Gossip is best effort; these sessions
+//!   are what guarantee convergence after drops, restarts and partitions. The protocol core has
+//!   no IO: this task only carries its messages, each step one job on the metadata owner.
 //!
 //! The task owns no document: it talks to the metadata owner through [`MetaHandle`] and to the
 //! network through the p2p [`Handle`]. `select!` arms only produce events; `handle_*` methods
-//! do the work.
+//! do the work. Every exchange also samples the peer's wall clock for skew detection.
 
+pub mod session;
 pub mod wire;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::Mutex;
 use redcloud_p2p::{Event, Handle, PeerId, Validation};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::clock::NodeClock;
 use crate::document::DocId;
 use crate::handle::MetaHandle;
 use crate::metrics::Metrics;
+use crate::peers::Peers;
 use crate::store::Commit;
-use wire::{DocDigest, Gossip, PeerRequest, PeerResponse, Request, Response, SyncStep};
+use session::{Session, Step};
+use wire::{Gossip, PeerRequest, PeerResponse};
 
-/// Rounds of the sync protocol per document per session before giving up until next time.
-const MAX_SYNC_ROUNDS: usize = 64;
 /// Room for framing around a gossip payload.
 const GOSSIP_OVERHEAD: usize = 1024;
 /// Gossip messages taken off the event queue and applied together (one durable write per
@@ -47,6 +48,10 @@ pub struct ReplicationConfig {
     pub interval: Duration,
     /// Largest gossip payload (the p2p layer's limit).
     pub max_gossip_size: usize,
+    /// Largest request or response (the p2p layer's limit).
+    pub max_message_size: usize,
+    /// Deadline of one whole anti-entropy session.
+    pub session_timeout: Duration,
 }
 
 impl Default for ReplicationConfig {
@@ -54,47 +59,35 @@ impl Default for ReplicationConfig {
         Self {
             interval: Duration::from_secs(1),
             max_gossip_size: 64 << 10,
+            max_message_size: redcloud_p2p::config::DEFAULT_MAX_REQUEST_SIZE,
+            session_timeout: Duration::from_secs(300),
         }
     }
 }
 
-/// What the rest of the controller may ask about replication.
-#[derive(Debug, Default)]
-pub struct PeerView {
-    /// Connected controllers.
-    pub connected: HashSet<PeerId>,
-    /// When each peer was last found to hold exactly our documents.
-    pub last_equal: HashMap<PeerId, Instant>,
+/// What the replication task works with.
+#[derive(Debug, Clone)]
+pub struct ReplicationParts {
+    pub net: Handle,
+    pub meta: MetaHandle,
+    pub peers: Arc<Peers>,
+    pub clock: Arc<NodeClock>,
+    pub metrics: Arc<Metrics>,
 }
-
-/// Shared, read-mostly replication state (a short lock, never held across an await).
-pub type SharedPeers = Arc<Mutex<PeerView>>;
 
 /// The replication task.
 pub struct Replication {
-    net: Handle,
-    meta: MetaHandle,
+    parts: ReplicationParts,
     config: ReplicationConfig,
-    peers: SharedPeers,
-    metrics: Arc<Metrics>,
     sessions: JoinSet<(PeerId, bool)>,
     in_session: HashSet<PeerId>,
 }
 
 impl Replication {
-    pub fn new(
-        net: Handle,
-        meta: MetaHandle,
-        config: ReplicationConfig,
-        peers: SharedPeers,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(parts: ReplicationParts, config: ReplicationConfig) -> Self {
         Self {
-            net,
-            meta,
+            parts,
             config,
-            peers,
-            metrics,
             sessions: JoinSet::new(),
             in_session: HashSet::new(),
         }
@@ -103,8 +96,8 @@ impl Replication {
     /// Runs until `shutdown` fires or the network stops.
     pub async fn run(
         mut self,
-        mut events: mpsc::Receiver<Event>,
-        mut commits: mpsc::Receiver<Commit>,
+        events: &mut mpsc::Receiver<Event>,
+        commits: &mut mpsc::Receiver<Commit>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut tick = tokio::time::interval(self.config.interval);
@@ -114,7 +107,7 @@ impl Replication {
                 _ = shutdown.changed() => break,
                 Some(c) = commits.recv() => self.handle_commit(c).await,
                 ev = events.recv() => match ev {
-                    Some(ev) => self.handle_events(ev, &mut events).await,
+                    Some(ev) => self.handle_events(ev, events).await,
                     None => break,
                 },
                 _ = tick.tick() => self.handle_tick(),
@@ -133,17 +126,18 @@ impl Replication {
             changes: commit.changes,
             heads,
         };
+        let metrics = &self.parts.metrics;
         if msg.changes.len() + GOSSIP_OVERHEAD > self.config.max_gossip_size {
             // Too big for gossip: announce the heads; peers pull the rest by sync.
             msg.changes.clear();
-            self.metrics.gossip_announcements.inc();
+            metrics.gossip_announcements.inc();
         }
         let bytes = wire::encode(&msg);
         let len = bytes.len();
-        match self.net.publish(bytes).await {
+        match self.parts.net.publish(bytes).await {
             Ok(_) => {
-                self.metrics.gossip_sent.inc();
-                self.metrics.gossip_bytes_sent.add(len as u64);
+                metrics.gossip_sent.inc();
+                metrics.gossip_bytes_sent.add(len as u64);
             }
             // No peer yet, or the mesh is forming: anti-entropy delivers it.
             Err(e) => tracing::debug!(error = %e, "gossip not published"),
@@ -177,30 +171,24 @@ impl Replication {
     async fn handle_event(&mut self, event: Event) {
         match event {
             Event::PeerConnected(peer) => {
-                self.peers.lock().connected.insert(peer);
+                self.parts.peers.connected(&peer.to_string());
                 if self.initiates(peer) {
                     self.start_session(peer, None);
                 }
             }
             Event::PeerDisconnected(peer) => {
-                {
-                    let mut view = self.peers.lock();
-                    view.connected.remove(&peer);
-                    view.last_equal.remove(&peer);
-                }
                 let name = peer.to_string();
-                let _ = self.meta.call(move |s| s.reset_peer(&name)).await;
+                self.parts.peers.disconnected(&name);
+                let _ = self.parts.meta.call(move |s| s.reset_peer(&name)).await;
             }
             gossip @ Event::Gossip { .. } => self.handle_gossip_batch(vec![gossip]).await,
             Event::Request { peer, data, reply } => {
                 // Requests may wait on the metadata owner: answer off the event loop.
-                let meta = self.meta.clone();
-                let net = self.net.clone();
-                let metrics = self.metrics.clone();
-                let peers = self.peers.clone();
+                let parts = self.parts.clone();
+                let limit = self.config.max_message_size;
                 tokio::spawn(async move {
-                    let response = answer(&meta, &metrics, &peers, peer, &data).await;
-                    let _ = net.respond(reply, wire::encode(&response)).await;
+                    let response = answer(&parts, peer, &data, limit).await;
+                    let _ = parts.net.respond(reply, wire::encode(&response)).await;
                 });
             }
         }
@@ -210,6 +198,7 @@ impl Replication {
     /// group is applied in one call (one durable write); if a group fails, its messages are
     /// applied one by one so only the malformed ones are rejected.
     async fn handle_gossip_batch(&mut self, batch: Vec<Event>) {
+        let metrics = self.parts.metrics.clone();
         let mut verdicts = Vec::with_capacity(batch.len());
         let mut groups: HashMap<DocId, Vec<(usize, Vec<u8>)>> = HashMap::new();
         let mut announcements = Vec::new();
@@ -226,15 +215,15 @@ impl Replication {
                 continue;
             };
             let from = origin.unwrap_or(source);
-            self.metrics.gossip_received.inc();
-            self.metrics.gossip_bytes_received.add(data.len() as u64);
+            metrics.gossip_received.inc();
+            metrics.gossip_bytes_received.add(data.len() as u64);
             verdicts.push((message_id, source, Validation::Accept));
             let decoded = wire::decode::<Gossip>(&data)
                 .ok()
                 .and_then(|m| m.doc.parse::<DocId>().ok().map(|d| (d, m)));
             match decoded {
                 None => {
-                    self.metrics.rejected_messages.inc();
+                    metrics.rejected_messages.inc();
                     tracing::warn!(peer = %from, "malformed gossip");
                     verdicts[i].2 = Validation::Reject;
                 }
@@ -247,10 +236,12 @@ impl Replication {
                 }
             }
         }
+        let clock = self.parts.clock.clone();
         let applied = self
+            .parts
             .meta
             .call(move |s| {
-                let now = crate::clock::wall_ms();
+                let now = clock.now_ms();
                 let mut failed = Vec::new();
                 let mut incomplete = Vec::new();
                 for (doc, msgs) in groups {
@@ -279,7 +270,7 @@ impl Replication {
         match applied {
             Ok((failed, incomplete)) => {
                 for (i, e) in failed {
-                    self.metrics.rejected_messages.inc();
+                    metrics.rejected_messages.inc();
                     tracing::warn!(error = %e, "gossip rejected");
                     verdicts[i].2 = Validation::Reject;
                 }
@@ -299,6 +290,7 @@ impl Replication {
         for (from, doc, heads) in announcements {
             // An announcement: pull the document if we miss any of its heads.
             let missing = self
+                .parts
                 .meta
                 .call(move |s| {
                     let ours = s.heads(doc).unwrap_or_default();
@@ -311,12 +303,18 @@ impl Replication {
             }
         }
         for (id, source, verdict) in verdicts {
-            let _ = self.net.report_validation(id, source, verdict).await;
+            let _ = self.parts.net.report_validation(id, source, verdict).await;
         }
     }
 
     fn handle_tick(&mut self) {
-        let peers: Vec<PeerId> = self.peers.lock().connected.iter().copied().collect();
+        let peers: Vec<PeerId> = self
+            .parts
+            .peers
+            .connected_ids()
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect();
         for p in peers {
             if self.initiates(p) {
                 self.start_session(p, None);
@@ -328,14 +326,14 @@ impl Replication {
     /// anti-entropy session (the sync protocol moves changes both ways), so a pair costs one
     /// exchange per period, not two.
     fn initiates(&self, peer: PeerId) -> bool {
-        self.net.local_peer_id() < peer
+        self.parts.net.local_peer_id() < peer
     }
 
     fn handle_session_done(&mut self, done: Result<(PeerId, bool), tokio::task::JoinError>) {
         if let Ok((peer, equal)) = done {
             self.in_session.remove(&peer);
             if equal {
-                self.peers.lock().last_equal.insert(peer, Instant::now());
+                self.parts.peers.found_equal(&peer.to_string());
             }
         }
     }
@@ -346,14 +344,15 @@ impl Replication {
         if !self.in_session.insert(peer) {
             return;
         }
-        let net = self.net.clone();
-        let meta = self.meta.clone();
-        let metrics = self.metrics.clone();
+        let parts = self.parts.clone();
+        let limit = self.config.max_message_size;
+        let deadline = self.config.session_timeout;
         self.sessions.spawn(async move {
-            let equal = match session(&net, &meta, &metrics, peer, only).await {
+            let run = run_session(&parts, peer, only, limit);
+            let equal = match tokio::time::timeout(deadline, run).await {
                 Ok(equal) => equal,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "anti-entropy session failed");
+                Err(_) => {
+                    tracing::debug!(%peer, "anti-entropy session timed out");
                     false
                 }
             };
@@ -362,192 +361,131 @@ impl Replication {
     }
 }
 
-/// Our total digest and per-document digests of our heads.
-async fn digests(meta: &MetaHandle) -> Result<(Vec<u8>, Vec<DocDigest>), String> {
-    meta.call(|s| {
-        let docs = s
-            .docs()
-            .into_iter()
-            .map(|doc| DocDigest {
-                doc: doc.to_string(),
-                digest: heads_digest(&s.heads(doc).unwrap_or_default()),
-            })
-            .collect();
-        (s.digest().to_vec(), docs)
-    })
-    .await
-    .map_err(|e| e.to_string())
-}
-
-fn heads_digest(heads: &[automerge::ChangeHash]) -> Vec<u8> {
-    let mut h = blake3::Hasher::new();
-    for head in heads {
-        h.update(&head.0);
-    }
-    h.finalize().as_bytes().to_vec()
-}
-
-/// One anti-entropy session. Returns true when the peer's documents equal ours at the start
-/// (nothing had to be synced).
-async fn session(
-    net: &Handle,
-    meta: &MetaHandle,
-    metrics: &Metrics,
+/// Runs one session with `peer` to its end. Returns true when the peer's metadata equalled
+/// ours at the start. On any failure the session is aborted (its sync state reset).
+async fn run_session(
+    parts: &ReplicationParts,
     peer: PeerId,
     only: Option<DocId>,
-) -> Result<bool, String> {
-    metrics.sync_sessions.inc();
-    let differing: Vec<DocId> = match only {
-        Some(doc) => vec![doc],
-        None => {
-            let (total, ours) = digests(meta).await?;
-            let req = PeerRequest {
-                request: Some(Request::Digests(wire::Digests {
-                    docs: Vec::new(),
-                    total: total.clone(),
-                })),
-            };
-            let theirs = match call(net, metrics, peer, &req).await? {
-                Response::Digests(d) if d.total == total => return Ok(true),
-                Response::Digests(d) => d.docs,
-                other => return Err(format!("unexpected answer to digests: {other:?}")),
-            };
-            let theirs: HashMap<String, Vec<u8>> =
-                theirs.into_iter().map(|d| (d.doc, d.digest)).collect();
-            ours.into_iter()
-                .filter(|d| theirs.get(&d.doc) != Some(&d.digest))
-                .filter_map(|d| d.doc.parse().ok())
-                .collect()
-        }
-    };
-    if differing.is_empty() {
-        return Ok(true);
-    }
+    limit: usize,
+) -> bool {
+    parts.metrics.sync_sessions.inc();
     let name = peer.to_string();
-    for doc in differing {
-        for round in 0..MAX_SYNC_ROUNDS {
-            metrics.sync_rounds.inc();
-            let who = name.clone();
-            let ours = meta
-                .call(move |s| s.generate_sync_message(doc, &who))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-            let sent_nothing = ours.is_none();
-            if sent_nothing && round > 0 {
-                break;
+    let clock = parts.clock.clone();
+    let started = parts
+        .meta
+        .call({
+            let name = name.clone();
+            move |s| Session::start(s, &name, only, clock.now_ms(), limit)
+        })
+        .await;
+    let Ok((mut session, mut step)) = started else {
+        return false;
+    };
+    loop {
+        let request = match step {
+            Step::Done { equal } => return equal,
+            Step::Send(r) => r,
+        };
+        parts.metrics.sync_rounds.inc();
+        let sent_raw = parts.clock.raw_ms();
+        let outcome = call(parts, peer, &request).await;
+        let clock = parts.clock.clone();
+        let result = parts
+            .meta
+            .call(move |s| {
+                let r = match outcome {
+                    Ok(resp) => session.on_response(s, resp, clock.now_ms()),
+                    Err(e) => Err(e),
+                };
+                if r.is_err() {
+                    session.abort(s);
+                }
+                (session, r)
+            })
+            .await;
+        let Ok((back, r)) = result else {
+            return false;
+        };
+        session = back;
+        if let Some(theirs) = session
+            .peer_wall_ms()
+            .filter(|_| matches!(request.request, Some(wire::Request::Digests(_))))
+        {
+            let received = parts.clock.raw_ms();
+            parts
+                .clock
+                .witness(&name, theirs, sent_raw / 2 + received / 2);
+        }
+        match r {
+            Ok(next) => step = next,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "anti-entropy session failed");
+                return false;
             }
-            let req = PeerRequest {
-                request: Some(Request::Sync(SyncStep {
-                    doc: doc.to_string(),
-                    message: ours.unwrap_or_default(),
-                })),
-            };
-            let theirs = match call(net, metrics, peer, &req).await? {
-                Response::Sync(step) => step.message,
-                other => return Err(format!("unexpected answer to sync: {other:?}")),
-            };
-            if theirs.is_empty() {
-                // The peer has nothing to add: either both sides are done, or it has just
-                // taken what we sent.
-                break;
-            }
-            let who = name.clone();
-            meta.call(move |s| s.receive_sync_message(doc, &who, &theirs, crate::clock::wall_ms()))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
         }
     }
-    Ok(false)
 }
 
 async fn call(
-    net: &Handle,
-    metrics: &Metrics,
+    parts: &ReplicationParts,
     peer: PeerId,
     req: &PeerRequest,
-) -> Result<Response, String> {
+) -> Result<PeerResponse, String> {
     let bytes = wire::encode(req);
+    let metrics = &parts.metrics;
     metrics.requests_sent.inc();
     metrics.request_bytes_sent.add(bytes.len() as u64);
-    let answer = net.request(peer, bytes).await.map_err(|e| e.to_string())?;
+    let answer = parts
+        .net
+        .request(peer, bytes)
+        .await
+        .map_err(|e| e.to_string())?;
     metrics.response_bytes_received.add(answer.len() as u64);
-    let resp: PeerResponse = wire::decode(&answer)?;
-    match resp.response {
-        Some(Response::Error(e)) => Err(format!("peer refused: {e}")),
-        Some(r) => Ok(r),
-        None => Err("empty answer".into()),
-    }
+    wire::decode(&answer)
 }
 
-/// Answers a peer's request. An exchange that finds the documents equal counts as this
-/// side's proof of being in sync with the peer, as it does for the side that asked.
-async fn answer(
-    meta: &MetaHandle,
-    metrics: &Metrics,
-    peers: &SharedPeers,
-    peer: PeerId,
-    data: &[u8],
-) -> PeerResponse {
+/// Answers a peer's request (see [`session::answer`]). An exchange that finds the documents
+/// equal counts as this side's proof of being in sync with the peer, as it does for the side
+/// that asked.
+async fn answer(parts: &ReplicationParts, peer: PeerId, data: &[u8], limit: usize) -> PeerResponse {
+    let metrics = &parts.metrics;
     metrics.requests_received.inc();
     metrics.request_bytes_received.add(data.len() as u64);
-    let response = match wire::decode::<PeerRequest>(data) {
+    let request = match wire::decode::<PeerRequest>(data) {
+        Ok(r) => r.request,
         Err(e) => {
             metrics.rejected_messages.inc();
-            Response::Error(format!("malformed request: {e}"))
+            return PeerResponse {
+                response: Some(wire::Response::Error(format!("malformed request: {e}"))),
+            };
         }
-        Ok(PeerRequest { request: None }) => Response::Error("empty request".into()),
-        Ok(PeerRequest {
-            request: Some(Request::Digests(theirs)),
-        }) => match digests(meta).await {
-            Ok((total, _)) if total == theirs.total => {
-                peers.lock().last_equal.insert(peer, Instant::now());
-                Response::Digests(wire::Digests {
-                    docs: Vec::new(),
-                    total,
-                })
-            }
-            Ok((total, docs)) => Response::Digests(wire::Digests { docs, total }),
-            Err(e) => Response::Error(e),
-        },
-        Ok(PeerRequest {
-            request: Some(Request::Sync(step)),
-        }) => match step.doc.parse::<DocId>() {
-            Err(_) => {
-                metrics.rejected_messages.inc();
-                Response::Error(format!("unknown document {:?}", step.doc))
-            }
-            Ok(doc) => {
-                let who = peer.to_string();
-                let result = meta
-                    .call(move |s| {
-                        if !step.message.is_empty() {
-                            s.receive_sync_message(
-                                doc,
-                                &who,
-                                &step.message,
-                                crate::clock::wall_ms(),
-                            )?;
-                        }
-                        s.generate_sync_message(doc, &who)
-                    })
-                    .await;
-                match result {
-                    Ok(Ok(reply)) => Response::Sync(SyncStep {
-                        doc: doc.to_string(),
-                        message: reply.unwrap_or_default(),
-                    }),
-                    Ok(Err(e)) => {
-                        metrics.rejected_messages.inc();
-                        Response::Error(e.to_string())
-                    }
-                    Err(e) => Response::Error(e.to_string()),
-                }
-            }
-        },
     };
-    PeerResponse {
-        response: Some(response),
+    let name = peer.to_string();
+    let clock = parts.clock.clone();
+    let received_raw = clock.raw_ms();
+    let result = parts
+        .meta
+        .call({
+            let name = name.clone();
+            move |s| session::answer(s, &name, request, clock.now_ms(), limit)
+        })
+        .await;
+    match result {
+        Ok((response, info)) => {
+            if info.rejected {
+                metrics.rejected_messages.inc();
+            }
+            if info.equal {
+                parts.peers.found_equal(&name);
+            }
+            if let Some(theirs) = info.peer_wall_ms {
+                parts.clock.witness(&name, theirs, received_raw);
+            }
+            response
+        }
+        Err(e) => PeerResponse {
+            response: Some(wire::Response::Error(e.to_string())),
+        },
     }
 }

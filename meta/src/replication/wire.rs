@@ -32,7 +32,7 @@ pub struct DocDigest {
 /// A request from one controller to another.
 #[derive(Clone, PartialEq, Message)]
 pub struct PeerRequest {
-    #[prost(oneof = "Request", tags = "1, 2")]
+    #[prost(oneof = "Request", tags = "1, 2, 3, 4")]
     pub request: Option<Request>,
 }
 
@@ -44,12 +44,18 @@ pub enum Request {
     /// One step of the Automerge sync protocol for one document.
     #[prost(message, tag = "2")]
     Sync(SyncStep),
+    /// Changes the sender has and the receiver lacks, when a sync message would be too large.
+    #[prost(message, tag = "3")]
+    Changes(ChangeBatch),
+    /// "Send me the changes you have beyond these heads", in bounded batches.
+    #[prost(message, tag = "4")]
+    Pull(Pull),
 }
 
 /// The answer to a [`PeerRequest`].
 #[derive(Clone, PartialEq, Message)]
 pub struct PeerResponse {
-    #[prost(oneof = "Response", tags = "1, 2, 3")]
+    #[prost(oneof = "Response", tags = "1, 2, 3, 4, 5")]
     pub response: Option<Response>,
 }
 
@@ -62,6 +68,12 @@ pub enum Response {
     /// The request was refused (malformed, unknown document, ...).
     #[prost(string, tag = "3")]
     Error(String),
+    /// The answer to [`Request::Pull`].
+    #[prost(message, tag = "4")]
+    Changes(ChangeBatch),
+    /// The changes of a [`Request::Changes`] were applied (durably).
+    #[prost(message, tag = "5")]
+    Applied(Applied),
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -73,6 +85,9 @@ pub struct Digests {
     /// Digest of every document's heads: equal totals end the exchange in one small round trip.
     #[prost(bytes = "vec", tag = "2")]
     pub total: Vec<u8>,
+    /// The sender's (corrected) wall clock: a witness for clock skew.
+    #[prost(uint64, tag = "3")]
+    pub wall_ms: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -82,6 +97,47 @@ pub struct SyncStep {
     /// An encoded Automerge sync message; empty when the sender has nothing to say.
     #[prost(bytes = "vec", tag = "2")]
     pub message: Vec<u8>,
+    /// Request: the first step for this document in a new session, so the receiver drops any
+    /// in-flight state left by a lost message. Answer: unused.
+    #[prost(bool, tag = "3")]
+    pub reset: bool,
+    /// Answer: the reply would exceed the message limit; pull the changes instead.
+    #[prost(bool, tag = "4")]
+    pub too_large: bool,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ChangeBatch {
+    #[prost(string, tag = "1")]
+    pub doc: String,
+    /// Concatenated raw Automerge changes, in causal order.
+    #[prost(bytes = "vec", tag = "2")]
+    pub changes: Vec<u8>,
+    /// Answer to a pull: more changes follow (pull again with `skip` advanced).
+    #[prost(bool, tag = "3")]
+    pub more: bool,
+    /// How many changes `changes` holds.
+    #[prost(uint64, tag = "4")]
+    pub count: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Pull {
+    #[prost(string, tag = "1")]
+    pub doc: String,
+    /// The requester's heads (the same for every pull of one sequence).
+    #[prost(bytes = "vec", repeated, tag = "2")]
+    pub have: Vec<Vec<u8>>,
+    /// Changes of the sequence already received.
+    #[prost(uint64, tag = "3")]
+    pub skip: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Applied {
+    /// Changes still waiting for dependencies after applying.
+    #[prost(uint64, tag = "1")]
+    pub pending: u64,
 }
 
 /// Encodes any message to bytes.
@@ -104,6 +160,8 @@ mod tests {
             request: Some(Request::Sync(SyncStep {
                 doc: "files/3".into(),
                 message: vec![1, 2, 3],
+                reset: true,
+                too_large: false,
             })),
         };
         assert_eq!(decode::<PeerRequest>(&encode(&r)).expect("decodes"), r);

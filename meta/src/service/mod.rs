@@ -1,99 +1,86 @@
 //! The controller's gRPC services: the client API (`ControllerService`) here, the chunkserver
-//! registry (`RegistryService`) in [`registry_api`], and `Status` in [`status`].
+//! registry (`RegistryService`) in [`registry_api`], operator actions (`AdminService`) in
+//! [`admin`], and `Status` in [`status`].
 //!
 //! Every call but Register and Login carries a bearer token; the user it names is the owner of
-//! every file the call reads or changes, so a user only ever sees their own files. Metadata
-//! work goes through the [`MetaHandle`] (which replicates every commit); chunk locations come
-//! from the soft-state [`Registry`].
+//! every file the call reads or changes, so a user only ever sees their own files. The
+//! controller enforces the file model itself (a file has at least one tag, names and tags are
+//! valid, sizes add up), whatever the client checked. Metadata work goes through the
+//! [`MetaHandle`] (which replicates every commit); chunk locations come from the soft-state
+//! [`Directory`]; a commit's copies are confirmed by the chunkservers themselves
+//! ([`confirm`]).
 
+pub mod admin;
+pub mod confirm;
 pub mod convert;
 pub mod errors;
 pub mod registry_api;
 pub mod status;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
-use parking_lot::{Mutex, RwLock};
 use redcloud_proto::controller as pb;
 use redcloud_proto::controller::controller_service_server::ControllerService;
 use tonic::{Request, Response, Status};
 
-use crate::auth;
-use crate::clock::wall_ms;
-use crate::cluster::Secret;
+use crate::auth::{AuthError, Tokens};
+use crate::clock::NodeClock;
+use crate::collector::GcStatus;
+use crate::directory::Directory;
 use crate::files::{FileView, NewVersion};
 use crate::handle::MetaHandle;
 use crate::hlc::Timestamp;
+use crate::live::LiveSet;
 use crate::metrics::Metrics;
-use crate::placement::{self, Candidate};
+use crate::peers::Peers;
 use crate::record::ChunkHash;
-use crate::registry::Registry;
 use crate::repair::plan::Health;
-use crate::replication::SharedPeers;
+use crate::repair::worker::RepairStatus;
+use crate::workers::WorkerBoard;
 use convert::{chunk_hash, file_info, version_info};
 use errors::invalid;
 
-/// Most chunks one PlanUpload or CommitFile may name (a 400 GiB file at 4 MiB chunks).
+/// Most chunks one PlanUpload, CommitFile or HoldChunks may name (a 400 GiB file at 4 MiB
+/// chunks), and so the most one HasChunks asks a chunkserver about.
 pub const MAX_CHUNKS_PER_CALL: usize = 100_000;
-/// How long CommitFile waits for chunkservers to confirm chunks it has not heard about.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Progress counters of the repair loop, shown by `status`.
-#[derive(Debug, Default)]
-pub struct RepairCounters {
-    pub queued: AtomicU64,
-    pub in_flight: AtomicU64,
-    pub done: AtomicU64,
-    pub failed: AtomicU64,
-    pub total_chunks: AtomicU64,
-    pub under_replicated: AtomicU64,
-    pub lost: AtomicU64,
-}
 
 /// Settings the API needs.
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
     pub write_quorum: u32,
-    pub token_ttl_ms: u64,
+    /// How often a long upload asks for its chunks to be held (a fraction of the GC grace).
+    pub hold_interval_ms: u64,
 }
 
-/// State shared by the services and the background workers of one controller.
+/// The parts of one controller. Each part owns its state; the services hold them all, and
+/// every background worker receives only the parts it uses.
 #[derive(Debug)]
-pub struct Shared {
+pub struct Components {
     pub node_id: String,
     /// Advertised gRPC address.
     pub address: String,
     pub meta: MetaHandle,
-    pub registry: Mutex<Registry>,
-    pub peers: SharedPeers,
+    pub clock: Arc<NodeClock>,
+    pub directory: Arc<Directory>,
+    pub peers: Arc<Peers>,
+    pub live: Arc<LiveSet>,
+    pub tokens: Arc<Tokens>,
+    pub repair: Arc<RepairStatus>,
+    pub gc: Arc<GcStatus>,
     pub metrics: Arc<Metrics>,
+    pub workers: Arc<WorkerBoard>,
     pub settings: ApiSettings,
-    /// Token keys from the cluster document, refreshed when a token names an unknown key.
-    pub secrets: RwLock<Vec<Secret>>,
-    /// The key this controller signs with.
-    pub signing: Secret,
-    /// Every chunk referenced by a retained version (refreshed by the repair loop, extended
-    /// by commits).
-    pub live: crate::live::LiveChunks,
-    pub repair: RepairCounters,
-    /// Chunkserver membership as last written to the cluster document (id -> address, zone),
-    /// so heartbeats only write when something changed.
-    pub members: Mutex<HashMap<String, (String, String)>>,
-    /// Servers whose inventory is being pulled.
-    pub pulling: Mutex<HashSet<String>>,
 }
 
 /// The client API.
 #[derive(Debug, Clone)]
 pub struct Api {
-    pub shared: Arc<Shared>,
+    pub parts: Arc<Components>,
 }
 
-impl Shared {
+impl Components {
     /// Runs a query on the metadata owner and maps its errors to statuses.
     pub async fn read<R, F>(&self, f: F) -> Result<R, Status>
     where
@@ -117,126 +104,21 @@ impl Shared {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| Status::unauthenticated("missing token: log in first"))?;
-        let now = wall_ms();
-        let check = |secrets: &[Secret]| {
-            auth::verify(
-                token,
-                secrets.iter().map(|s| (s.id.as_str(), &s.key[..])),
-                now,
-            )
-        };
-        let first = check(&self.secrets.read());
-        match first {
+        let now = self.clock.now_ms();
+        match self.tokens.check(token, now) {
             Ok(c) => Ok(c.user),
             // A key minted by a controller we have not heard from yet may have arrived since.
-            Err(auth::AuthError::UnknownKey) => {
-                let fresh = self
-                    .meta
-                    .call(|s| s.secrets())
-                    .await
-                    .map_err(errors::stopped)?
-                    .map_err(errors::status)?;
-                *self.secrets.write() = fresh;
-                check(&self.secrets.read())
+            Err(AuthError::UnknownKey) => {
+                let fresh = self.read(|s| s.secrets()).await?;
+                self.tokens.refresh(fresh);
+                self.tokens
+                    .check(token, now)
                     .map(|c| c.user)
                     .map_err(errors::auth)
             }
             Err(e) => Err(errors::auth(e)),
         }
     }
-
-    /// Active chunkservers ordered for receiving new data.
-    pub fn placement_targets(&self, now: u64) -> Vec<String> {
-        let reg = self.registry.lock();
-        let candidates: Vec<(Candidate, String)> = reg
-            .servers()
-            .map(|s| {
-                (
-                    Candidate {
-                        id: s.id.clone(),
-                        zone: s.zone.clone(),
-                        free_bytes: s.free_bytes(),
-                        eligible: reg.health(s, now) == Health::Active,
-                    },
-                    s.address.clone(),
-                )
-            })
-            .collect();
-        let by_id: HashMap<&str, &str> = candidates
-            .iter()
-            .map(|(c, a)| (c.id.as_str(), a.as_str()))
-            .collect();
-        placement::order_targets(
-            candidates.iter().map(|(c, _)| c),
-            &HashSet::new(),
-            &HashSet::new(),
-        )
-        .into_iter()
-        .filter_map(|c| by_id.get(c.id.as_str()).map(|a| (*a).to_owned()))
-        .collect()
-    }
-
-    /// Makes sure every chunk in `chunks` is stored on a live chunkserver, asking the servers
-    /// about chunks the registry has not heard of yet (uploads beat heartbeats).
-    async fn confirm_stored(&self, chunks: &[ChunkHash]) -> Result<(), Status> {
-        let now = wall_ms();
-        let unknown: Vec<ChunkHash> = {
-            let reg = self.registry.lock();
-            chunks
-                .iter()
-                .filter(|c| !reg.has_healthy_copy(c, now))
-                .copied()
-                .collect()
-        };
-        if unknown.is_empty() {
-            return Ok(());
-        }
-        let servers: Vec<(String, String)> = {
-            let reg = self.registry.lock();
-            reg.servers()
-                .filter(|s| matches!(reg.health(s, now), Health::Active | Health::Draining))
-                .map(|s| (s.id.clone(), s.address.clone()))
-                .collect()
-        };
-        let asks = servers.into_iter().map(|(id, addr)| {
-            let ids = unknown.clone();
-            async move {
-                let found = tokio::time::timeout(CONFIRM_TIMEOUT, has_chunks(&addr, &ids)).await;
-                (id, ids, found)
-            }
-        });
-        for (id, ids, found) in futures::future::join_all(asks).await {
-            if let Ok(Ok(present)) = found {
-                let mut reg = self.registry.lock();
-                for (c, yes) in ids.iter().zip(present) {
-                    if yes {
-                        reg.note_stored(&id, *c);
-                    }
-                }
-            }
-        }
-        let reg = self.registry.lock();
-        if let Some(missing) = unknown.iter().find(|c| !reg.has_healthy_copy(c, now)) {
-            return Err(Status::failed_precondition(format!(
-                "chunk {} is not stored on any live chunkserver; upload it first",
-                hex::encode(missing)
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// Asks one chunkserver which of `ids` it holds.
-async fn has_chunks(addr: &str, ids: &[ChunkHash]) -> anyhow::Result<Vec<bool>> {
-    let mut client = crate::chunk_client::connect(addr).await?;
-    let req = redcloud_proto::chunk::HasChunksRequest {
-        ids: ids.iter().map(|c| Bytes::copy_from_slice(c)).collect(),
-    };
-    let present = client.has_chunks(req).await?.into_inner().present;
-    if present.len() != ids.len() {
-        anyhow::bail!("{addr} answered {} of {} chunks", present.len(), ids.len());
-    }
-    Ok(present)
 }
 
 fn after(ts: u64) -> Option<Timestamp> {
@@ -254,18 +136,38 @@ fn file_or_not_found(f: Option<FileView>, name: &str) -> Result<FileView, Status
     f.ok_or_else(|| Status::not_found(format!("file {name:?} not found")))
 }
 
+/// Distinct 32-byte chunk ids from the wire, at most [`MAX_CHUNKS_PER_CALL`].
+fn chunk_ids(raw: &[Bytes], field: &str) -> Result<Vec<ChunkHash>, Status> {
+    if raw.len() > MAX_CHUNKS_PER_CALL {
+        return Err(invalid(
+            field,
+            format!("at most {MAX_CHUNKS_PER_CALL} per call"),
+        ));
+    }
+    let mut seen = HashSet::with_capacity(raw.len());
+    let mut out = Vec::with_capacity(raw.len());
+    for b in raw {
+        let h = chunk_hash(b, field)?;
+        if seen.insert(h) {
+            out.push(h);
+        }
+    }
+    Ok(out)
+}
+
 #[tonic::async_trait]
 impl ControllerService for Api {
     async fn register(
         &self,
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        self.shared.metrics.api_calls.inc();
+        let p = &self.parts;
+        p.metrics.api_calls.inc();
         let r = req.into_inner();
-        self.shared
-            .meta
+        let clock = p.clock.clone();
+        p.meta
             .mutate(move |s| {
-                let c = s.register_user(&r.user, &r.password, wall_ms())?;
+                let c = s.register_user(&r.user, &r.password, clock.now_ms())?;
                 Ok(((), vec![c]))
             })
             .await
@@ -277,19 +179,17 @@ impl ControllerService for Api {
         &self,
         req: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
-        self.shared.metrics.api_calls.inc();
+        let p = &self.parts;
+        p.metrics.api_calls.inc();
         let r = req.into_inner();
         let user = r.user.clone();
-        let ok = self
-            .shared
+        let ok = p
             .read(move |s| s.verify_password(&r.user, &r.password))
             .await?;
         if !ok {
             return Err(Status::unauthenticated("wrong user name or password"));
         }
-        let expires_ms = wall_ms() + self.shared.settings.token_ttl_ms;
-        let key = &self.shared.signing;
-        let token = auth::issue(&user, expires_ms, &key.id, &key.key);
+        let (token, expires_ms) = p.tokens.issue(&user, p.clock.now_ms());
         Ok(Response::new(pb::LoginResponse { token, expires_ms }))
     }
 
@@ -297,8 +197,9 @@ impl ControllerService for Api {
         &self,
         req: Request<pb::PlanUploadRequest>,
     ) -> Result<Response<pb::PlanUploadResponse>, Status> {
-        self.shared.metrics.api_calls.inc();
-        self.shared.user(&req).await?;
+        let p = &self.parts;
+        p.metrics.api_calls.inc();
+        p.user(&req).await?;
         let r = req.into_inner();
         if r.chunks.len() > MAX_CHUNKS_PER_CALL {
             return Err(invalid(
@@ -306,12 +207,17 @@ impl ControllerService for Api {
                 format!("at most {MAX_CHUNKS_PER_CALL} per call"),
             ));
         }
-        let now = wall_ms();
-        let targets = self.shared.placement_targets(now);
+        let now = p.clock.mono_ms();
+        let targets: Vec<String> = p
+            .directory
+            .placement_targets(now)
+            .into_iter()
+            .map(|t| t.address)
+            .collect();
         if targets.is_empty() {
             return Err(Status::unavailable("no live chunkserver to upload to"));
         }
-        let reg = self.shared.registry.lock();
+        let quorum = (p.settings.write_quorum as usize).min(targets.len());
         let mut plans = Vec::with_capacity(r.chunks.len());
         for c in &r.chunks {
             let h = chunk_hash(&c.id, "chunks.id")?;
@@ -321,19 +227,21 @@ impl ControllerService for Api {
                     format!("{} is over the chunk limit", c.size),
                 ));
             }
-            // Deduplicate only against chunks a retained version references and a live server
-            // holds: an orphan may be garbage-collected before this upload commits.
-            let exists = self.shared.live.contains(&h) && reg.has_healthy_copy(&h, now);
+            // Deduplicate only against chunks a retained version references and that have the
+            // quorum's copies on active servers (an orphan may be collected before this upload
+            // commits; the commit confirms the copies again with the servers themselves).
+            let exists =
+                !r.force && p.live.contains(&h) && p.directory.active_copies(&h, now) >= quorum;
             plans.push(pb::ChunkPlan {
                 id: c.id.clone(),
                 exists,
                 targets: if exists { Vec::new() } else { targets.clone() },
             });
         }
-        let quorum = (self.shared.settings.write_quorum as usize).min(targets.len()) as u32;
         Ok(Response::new(pb::PlanUploadResponse {
             chunks: plans,
-            write_quorum: quorum,
+            write_quorum: quorum as u32,
+            hold_interval_ms: p.settings.hold_interval_ms,
         }))
     }
 
@@ -341,9 +249,11 @@ impl ControllerService for Api {
         &self,
         req: Request<pb::CommitFileRequest>,
     ) -> Result<Response<pb::CommitFileResponse>, Status> {
-        self.shared.metrics.api_calls.inc();
-        let user = self.shared.user(&req).await?;
+        let p = &self.parts;
+        p.metrics.api_calls.inc();
+        let user = p.user(&req).await?;
         let r = req.into_inner();
+        require_tags("tags", &r.tags)?;
         if r.chunks.len() > MAX_CHUNKS_PER_CALL {
             return Err(invalid(
                 "chunks",
@@ -356,6 +266,12 @@ impl ControllerService for Api {
         let mut chunks = Vec::with_capacity(r.chunks.len());
         let mut total = 0u64;
         for c in &r.chunks {
+            if c.size > redcloud_proto::MAX_CHUNK_SIZE as u64 {
+                return Err(invalid(
+                    "chunks.size",
+                    format!("{} is over the chunk limit", c.size),
+                ));
+            }
             chunks.push((chunk_hash(&c.id, "chunks.id")?, c.size));
             total = total.saturating_add(c.size);
         }
@@ -365,13 +281,50 @@ impl ControllerService for Api {
                 format!("chunks add up to {total} bytes, not {}", r.size),
             ));
         }
-        let distinct: Vec<ChunkHash> = chunks
+        // Check names and tags before asking any chunkserver anything.
+        crate::names::validate_name(&r.name).map_err(errors::status)?;
+        for t in &r.tags {
+            crate::names::validate_tag(t).map_err(errors::status)?;
+        }
+        let distinct: Vec<ChunkHash> = {
+            let mut seen = HashSet::new();
+            chunks
+                .iter()
+                .map(|(h, _)| *h)
+                .filter(|h| seen.insert(*h))
+                .collect()
+        };
+        // The write quorum, confirmed by the active chunkservers themselves (not soft state).
+        let active = p.directory.servers_in(p.clock.mono_ms(), &[Health::Active]);
+        if active.is_empty() && !distinct.is_empty() {
+            return Err(Status::unavailable(
+                "no active chunkserver to confirm the upload",
+            ));
+        }
+        let quorum = (p.settings.write_quorum as usize).min(active.len()).max(1);
+        let copies = confirm::confirm_copies(&active, &distinct, true).await;
+        let count = |h: &ChunkHash| copies.get(h).map_or(0, Vec::len);
+        for (h, servers) in &copies {
+            for s in servers {
+                p.directory.note_stored(s, *h);
+            }
+        }
+        let missing: Vec<Bytes> = distinct
             .iter()
-            .map(|(h, _)| *h)
-            .collect::<HashSet<_>>()
-            .into_iter()
+            .filter(|h| count(h) < quorum)
+            .map(|h| Bytes::copy_from_slice(h))
             .collect();
-        self.shared.confirm_stored(&distinct).await?;
+        let fewest = distinct.iter().map(count).min().unwrap_or(quorum);
+        if !missing.is_empty() {
+            return Ok(Response::new(pb::CommitFileResponse {
+                file: None,
+                degraded: false,
+                copies: fewest as u32,
+                quorum: quorum as u32,
+                missing,
+            }));
+        }
+        let degraded = (active.len() as u32) < p.settings.write_quorum && !distinct.is_empty();
         let version = NewVersion {
             size: r.size,
             blake3,
@@ -380,20 +333,46 @@ impl ControllerService for Api {
         };
         let name = r.name;
         let after = after(r.after);
-        let file = self
-            .shared
+        let clock = p.clock.clone();
+        let file = p
             .meta
             .mutate(move |s| {
-                let (_, commit) = s.add_version(&user, &name, version, wall_ms(), after)?;
+                let (_, commit) = s.add_version(&user, &name, version, clock.now_ms(), after)?;
                 let file = s.file(&user, &name)?;
                 Ok((file_or_not_found(file, &name), vec![commit]))
             })
             .await
             .map_err(errors::status)??;
         // The new chunks count as live at once (the repair loop refreshes the rest).
-        self.shared.live.add(chunks);
+        p.live.add(chunks);
+        if degraded {
+            p.metrics.degraded_writes.inc();
+            tracing::warn!(file = %file.name, copies = fewest, wanted = p.settings.write_quorum,
+                "degraded write: fewer active chunkservers than the write quorum");
+        }
         Ok(Response::new(pb::CommitFileResponse {
             file: Some(file_info(&file)),
+            degraded,
+            copies: fewest as u32,
+            quorum: quorum as u32,
+            missing: Vec::new(),
+        }))
+    }
+
+    async fn hold_chunks(
+        &self,
+        req: Request<pb::HoldChunksRequest>,
+    ) -> Result<Response<pb::HoldChunksResponse>, Status> {
+        let p = &self.parts;
+        p.metrics.api_calls.inc();
+        p.user(&req).await?;
+        let ids = chunk_ids(&req.into_inner().ids, "ids")?;
+        let servers = p
+            .directory
+            .servers_in(p.clock.mono_ms(), &[Health::Active, Health::Draining]);
+        let copies = confirm::confirm_copies(&servers, &ids, true).await;
+        Ok(Response::new(pb::HoldChunksResponse {
+            held: copies.len() as u32,
         }))
     }
 
@@ -401,10 +380,11 @@ impl ControllerService for Api {
         &self,
         req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        self.shared.metrics.api_calls.inc();
-        let user = self.shared.user(&req).await?;
+        let p = &self.parts;
+        p.metrics.api_calls.inc();
+        let user = p.user(&req).await?;
         let tags = req.into_inner().tags;
-        let files = self.shared.read(move |s| s.list(&user, &tags)).await?;
+        let files = p.read(move |s| s.list(&user, &tags)).await?;
         Ok(Response::new(pb::ListResponse {
             files: files.iter().map(file_info).collect(),
         }))
@@ -414,14 +394,13 @@ impl ControllerService for Api {
         &self,
         req: Request<pb::ResolveRequest>,
     ) -> Result<Response<pb::ResolveResponse>, Status> {
-        self.shared.metrics.api_calls.inc();
-        let user = self.shared.user(&req).await?;
+        let p = &self.parts;
+        p.metrics.api_calls.inc();
+        let user = p.user(&req).await?;
         let r = req.into_inner();
         let name = r.name.clone();
-        let found = self
-            .shared
-            .meta
-            .call(move |s| -> Result<_, crate::error::MetaError> {
+        let found = p
+            .read(move |s| {
                 if r.version.is_empty() {
                     return Ok(s
                         .file(&user, &r.name)?
@@ -442,31 +421,16 @@ impl ControllerService for Api {
                     _ => None,
                 })
             })
-            .await
-            .map_err(errors::stopped)?
-            .map_err(errors::status)?;
+            .await?;
         let (file, chunks) =
             found.ok_or_else(|| Status::not_found(format!("file {name:?} not found")))?;
-        let now = wall_ms();
-        let reg = self.shared.registry.lock();
-        // When no report names a holder yet (a controller just started), offer every server.
-        let fallback: Vec<String> = reg
-            .servers()
-            .filter(|s| reg.health(s, now) != Health::Removed)
-            .map(|s| s.address.clone())
-            .collect();
+        let now = p.clock.mono_ms();
         let locations = chunks
             .iter()
-            .map(|c| {
-                let mut addresses = reg.locations(&c.hash, now);
-                if addresses.is_empty() {
-                    addresses = fallback.clone();
-                }
-                pb::ChunkLocation {
-                    id: Bytes::copy_from_slice(&c.hash),
-                    size: c.len,
-                    addresses,
-                }
+            .map(|c| pb::ChunkLocation {
+                id: Bytes::copy_from_slice(&c.hash),
+                size: c.len,
+                addresses: p.directory.read_locations(&c.hash, now),
             })
             .collect();
         Ok(Response::new(pb::ResolveResponse {
@@ -479,13 +443,14 @@ impl ControllerService for Api {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        self.shared.metrics.api_calls.inc();
-        let user = self.shared.user(&req).await?;
+        let p = &self.parts;
+        p.metrics.api_calls.inc();
+        let user = p.user(&req).await?;
         let r = req.into_inner();
         require_tags("tags", &r.tags)?;
         let after = after(r.after);
-        let (names, hlc) = self
-            .shared
+        let clock = p.clock.clone();
+        let (names, hlc) = p
             .meta
             .mutate(move |s| {
                 let files = s.list(&user, &r.tags)?;
@@ -493,7 +458,7 @@ impl ControllerService for Api {
                 let mut commits = Vec::new();
                 let mut hlc = 0;
                 for f in files {
-                    let (v, c) = s.delete(&user, &f.name, wall_ms(), after)?;
+                    let (v, c) = s.delete(&user, &f.name, clock.now_ms(), after)?;
                     hlc = hlc.max(v.created.0);
                     names.push(f.name);
                     commits.push(c);
@@ -523,11 +488,12 @@ impl ControllerService for Api {
         &self,
         req: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
-        self.shared.metrics.api_calls.inc();
-        let user = self.shared.user(&req).await?;
+        let p = &self.parts;
+        p.metrics.api_calls.inc();
+        let user = p.user(&req).await?;
         let name = req.into_inner().name;
         let n = name.clone();
-        let versions = self.shared.read(move |s| s.history(&user, &n)).await?;
+        let versions = p.read(move |s| s.history(&user, &n)).await?;
         if versions.is_empty() {
             return Err(Status::not_found(format!("file {name:?} not found")));
         }
@@ -540,8 +506,8 @@ impl ControllerService for Api {
         &self,
         req: Request<pb::RestoreRequest>,
     ) -> Result<Response<pb::RestoreResponse>, Status> {
-        self.shared.metrics.api_calls.inc();
-        let user = self.shared.user(&req).await?;
+        self.parts.metrics.api_calls.inc();
+        let user = self.parts.user(&req).await?;
         let r = req.into_inner();
         let file = self
             .new_head(user, r.name, r.version, r.after, HeadChange::Restore)
@@ -555,9 +521,10 @@ impl ControllerService for Api {
         &self,
         req: Request<pb::ConflictsRequest>,
     ) -> Result<Response<pb::ConflictsResponse>, Status> {
-        self.shared.metrics.api_calls.inc();
-        let user = self.shared.user(&req).await?;
-        let conflicts = self.shared.read(move |s| s.conflicts(&user)).await?;
+        let p = &self.parts;
+        p.metrics.api_calls.inc();
+        let user = p.user(&req).await?;
+        let conflicts = p.read(move |s| s.conflicts(&user)).await?;
         Ok(Response::new(pb::ConflictsResponse {
             conflicts: conflicts
                 .iter()
@@ -574,8 +541,8 @@ impl ControllerService for Api {
         &self,
         req: Request<pb::ResolveConflictRequest>,
     ) -> Result<Response<pb::ResolveConflictResponse>, Status> {
-        self.shared.metrics.api_calls.inc();
-        let user = self.shared.user(&req).await?;
+        self.parts.metrics.api_calls.inc();
+        let user = self.parts.user(&req).await?;
         let r = req.into_inner();
         let file = self
             .new_head(
@@ -595,8 +562,8 @@ impl ControllerService for Api {
         &self,
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        self.shared.metrics.api_calls.inc();
-        status::status(&self.shared).await.map(Response::new)
+        self.parts.metrics.api_calls.inc();
+        status::status(&self.parts).await.map(Response::new)
     }
 }
 
@@ -620,14 +587,16 @@ impl Api {
         how: HeadChange,
     ) -> Result<FileView, Status> {
         let after = after(after_ts);
-        self.shared
+        let clock = self.parts.clock.clone();
+        self.parts
             .meta
             .mutate(move |s| {
                 let vid = full_vid(s, &user, &name, &version)?;
+                let now = clock.now_ms();
                 let (_, c) = match how {
-                    HeadChange::Restore => s.restore(&user, &name, &vid, wall_ms(), after)?,
+                    HeadChange::Restore => s.restore(&user, &name, &vid, now, after)?,
                     HeadChange::ResolveConflict => {
-                        s.resolve_conflict(&user, &name, &vid, wall_ms(), after)?
+                        s.resolve_conflict(&user, &name, &vid, now, after)?
                     }
                 };
                 let f = s.file(&user, &name)?;
@@ -642,23 +611,42 @@ impl Api {
         req: Request<pb::TagsRequest>,
         add: bool,
     ) -> Result<Response<pb::TagsResponse>, Status> {
-        self.shared.metrics.api_calls.inc();
-        let user = self.shared.user(&req).await?;
+        let p = &self.parts;
+        p.metrics.api_calls.inc();
+        let user = p.user(&req).await?;
         let r = req.into_inner();
         require_tags("query", &r.query)?;
         require_tags("tags", &r.tags)?;
-        let names = self
-            .shared
+        let clock = p.clock.clone();
+        let names = p
             .meta
             .mutate(move |s| {
                 let files = s.list(&user, &r.query)?;
+                if !add {
+                    // A file keeps at least one tag: a file without tags could never again be
+                    // reached by `delete TAG...`.
+                    if let Some(f) = files
+                        .iter()
+                        .find(|f| f.tags.iter().all(|t| r.tags.contains(t)))
+                    {
+                        return Err(crate::error::MetaError::invalid(
+                            "tags",
+                            format!(
+                                "removing them would leave {:?} without tags; a file keeps at \
+                                 least one (delete the file instead)",
+                                f.name
+                            ),
+                        ));
+                    }
+                }
                 let mut names = Vec::new();
                 let mut commits = Vec::new();
+                let now = clock.now_ms();
                 for f in files {
                     let c = if add {
-                        s.add_tags(&user, &f.name, &r.tags, wall_ms())?
+                        s.add_tags(&user, &f.name, &r.tags, now)?
                     } else {
-                        s.remove_tags(&user, &f.name, &r.tags, wall_ms())?
+                        s.remove_tags(&user, &f.name, &r.tags, now)?
                     };
                     commits.extend(c);
                     names.push(f.name);
@@ -712,9 +700,4 @@ fn version_file_info(name: &str, v: &crate::files::VersionView) -> pb::FileInfo 
         modified_ms: v.created.wall_ms(),
         hlc: v.created.0,
     }
-}
-
-/// Reads a counter (for status).
-pub fn load(c: &AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
 }

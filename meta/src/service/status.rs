@@ -6,21 +6,23 @@ use std::collections::HashSet;
 use redcloud_proto::controller as pb;
 use tonic::Status;
 
-use super::{Shared, errors, load};
-use crate::clock::wall_ms;
+use super::{Components, errors};
 use crate::repair::plan::Health;
 
 /// Everything the status call reads from the metadata store, in one owner job.
 struct MetaFacts {
     digest: String,
-    controllers: Vec<pb::ControllerEntry>,
+    controllers: Vec<crate::cluster::ControllerView>,
     files: u64,
     conflicts: u64,
-    members: Vec<(String, String, String)>,
+    members: Vec<crate::cluster::ChunkserverView>,
+    replication: String,
+    lineage: Vec<String>,
+    shards: u32,
 }
 
-pub async fn status(shared: &Shared) -> Result<pb::StatusResponse, Status> {
-    let facts = shared
+pub async fn status(p: &Components) -> Result<pb::StatusResponse, Status> {
+    let facts = p
         .meta
         .call(|s| -> Result<MetaFacts, crate::error::MetaError> {
             let mut conflicts = 0;
@@ -29,90 +31,128 @@ pub async fn status(shared: &Shared) -> Result<pb::StatusResponse, Status> {
             }
             Ok(MetaFacts {
                 digest: hex::encode(s.digest()),
-                controllers: s
-                    .controllers()?
-                    .into_iter()
-                    .map(|c| pb::ControllerEntry {
-                        id: c.node,
-                        address: c.grpc_addr,
-                    })
-                    .collect(),
+                controllers: s.controllers()?,
                 files: s.file_count()? as u64,
                 conflicts,
-                members: s
-                    .chunkservers()?
-                    .into_iter()
-                    .map(|c| (c.id, c.address, c.zone))
-                    .collect(),
+                members: s.chunkservers()?,
+                replication: s.settings()?.replication.to_string(),
+                lineage: s.lineage()?,
+                shards: s.shards(),
             })
         })
         .await
         .map_err(errors::stopped)?
         .map_err(errors::status)?;
 
-    let peers: Vec<String> = shared
-        .peers
-        .lock()
-        .connected
-        .iter()
-        .map(|p| p.to_string())
-        .collect();
-    let live = shared.live.merged();
-    let now = wall_ms();
-    let reg = shared.registry.lock();
-    let mut seen = HashSet::new();
-    let mut chunkservers: Vec<pb::ChunkserverStatus> = reg
-        .servers()
-        .map(|s| {
-            seen.insert(s.id.clone());
-            pb::ChunkserverStatus {
-                id: s.id.clone(),
-                address: s.address.clone(),
-                zone: s.zone.clone(),
-                state: health_name(reg.health(s, now)).to_owned(),
-                chunks: live.keys().filter(|c| s.holds(c)).count() as u64,
-                used_bytes: s.used_bytes,
-                capacity_bytes: s.capacity_bytes,
-                last_heartbeat_ms: s.last_heartbeat_ms,
-            }
+    let peers = p.peers.connected_ids();
+    let equal_ago = p.peers.last_equal_ago_ms();
+    let controllers = facts
+        .controllers
+        .into_iter()
+        .map(|c| pb::ControllerEntry {
+            connected: c.node == p.node_id || peers.contains(&c.node),
+            last_equal_ms_ago: if c.node == p.node_id {
+                0
+            } else {
+                equal_ago.get(&c.node).map_or(-1, |ms| *ms as i64)
+            },
+            id: c.node,
+            address: c.grpc_addr,
+            forgotten: c.forgotten,
         })
         .collect();
+    let now = p.clock.mono_ms();
+    let mut seen = HashSet::new();
+    let mut chunkservers: Vec<pb::ChunkserverStatus> = p.directory.read(|reg| {
+        reg.servers()
+            .map(|s| {
+                seen.insert(s.id.clone());
+                pb::ChunkserverStatus {
+                    id: s.id.clone(),
+                    address: s.address.clone(),
+                    zone: s.zone.clone(),
+                    state: health_name(reg.health(s, now)).to_owned(),
+                    chunks: s.chunks().filter(|c| p.live.contains(c)).count() as u64,
+                    used_bytes: s.used_bytes,
+                    capacity_bytes: s.capacity_bytes,
+                    last_heartbeat_ms: s.last_heartbeat_wall_ms,
+                }
+            })
+            .collect()
+    });
     // Members this controller has not heard from since it started.
-    for (id, address, zone) in facts.members {
-        if !seen.contains(&id) {
+    for m in facts.members {
+        if !seen.contains(&m.id) {
             chunkservers.push(pb::ChunkserverStatus {
-                id,
-                address,
-                zone,
-                state: "failed".into(),
+                id: m.id,
+                address: m.address,
+                zone: m.zone,
+                state: if m.state == crate::record::ChunkserverState::Removed {
+                    "removed".into()
+                } else {
+                    "failed".into()
+                },
                 ..Default::default()
             });
         }
     }
     chunkservers.sort_by(|a, b| a.id.cmp(&b.id));
-    let r = &shared.repair;
+    let r = &p.repair;
+    let clock = p.clock.health();
+    let g = p.gc.snapshot();
+    let gc = pb::GcStatus {
+        allowed: g.blocked_by.is_none(),
+        blocked_by: g.blocked_by.unwrap_or_default(),
+        purge_allowed: g.purge_blocked_by.is_none(),
+        purge_blocked_by: g.purge_blocked_by.unwrap_or_default(),
+        orphans: g.orphans,
+        deleted: p.metrics.gc_deleted.get(),
+    };
     Ok(pb::StatusResponse {
         controller: Some(pb::ControllerStatus {
-            id: shared.node_id.clone(),
-            address: shared.address.clone(),
+            id: p.node_id.clone(),
+            address: p.address.clone(),
             peers,
             metadata_digest: facts.digest,
         }),
-        controllers: facts.controllers,
+        controllers,
         chunkservers,
         chunks: Some(pb::ChunkStats {
-            total: live.len() as u64,
-            under_replicated: load(&r.under_replicated),
-            lost: load(&r.lost),
+            total: p.live.len() as u64,
+            under_replicated: r.under_replicated.get(),
+            lost: r.lost.get(),
         }),
         files: facts.files,
         conflicts: facts.conflicts,
         repair: Some(pb::RepairStats {
-            queued: load(&r.queued),
-            in_flight: load(&r.in_flight),
-            done: load(&r.done),
-            failed: load(&r.failed),
+            queued: r.queued.get(),
+            in_flight: r.in_flight.get(),
+            done: r.done.get(),
+            failed: r.failed.get(),
         }),
+        clock: Some(pb::ClockStatus {
+            state: clock.state.name().into(),
+            median_offset_ms: clock.median_offset_ms,
+            correction_ms: clock.correction_ms,
+            witnesses: clock.witnesses as u32,
+            max_skew_ms: p.clock.max_skew_ms(),
+        }),
+        gc: Some(gc),
+        workers: p
+            .workers
+            .snapshot()
+            .into_iter()
+            .map(|(name, w)| pb::WorkerStatus {
+                name: name.into(),
+                state: w.state.into(),
+                restarts: w.restarts,
+                last_error: w.last_error,
+            })
+            .collect(),
+        degraded_writes: p.metrics.degraded_writes.get(),
+        replication: facts.replication,
+        shards: facts.shards,
+        lineage: facts.lineage,
     })
 }
 
