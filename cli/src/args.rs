@@ -58,6 +58,9 @@ pub enum Command {
         /// Overwrite an existing output file.
         #[arg(long)]
         force: bool,
+        /// A version from `history` (default: the current version).
+        #[arg(long)]
+        version: Option<String>,
     },
     /// Delete every file that carries all the given tags.
     Delete {

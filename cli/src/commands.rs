@@ -89,12 +89,19 @@ pub async fn run(cx: &mut ClientContext, command: Command) -> Result<()> {
             name,
             output,
             force,
+            version,
         } => {
             let session = Session::load()?;
             let output = output.unwrap_or_else(|| PathBuf::from(&name));
-            let file =
-                download::download(&mut cx.controllers, &session, &name, None, &output, force)
-                    .await?;
+            let file = download::download(
+                &mut cx.controllers,
+                &session,
+                &name,
+                version.as_deref(),
+                &output,
+                force,
+            )
+            .await?;
             cx.print(
                 json!({"name": file.name, "path": output, "size": file.size,
                        "version": file.version, "blake3": hex::encode(&file.blake3)}),

@@ -182,16 +182,53 @@ async fn pass(p: &GcParts, config: &GcConfig, tracker: &mut OrphanTracker) {
     }
 }
 
+/// Whether the trash purge may run, from a fresh clock evaluation and who else exists.
+///
+/// Pure. A skewed clock never purges. An unknown clock (no fresh witness) purges only when
+/// this controller is alone in the cluster document (no other controller that is not
+/// forgotten, no chunkserver): a controller that has peers but cannot hear from them right
+/// now cannot check its clock against theirs, and a wrong clock would empty everyone's trash
+/// once its purge replicates.
+pub fn purge_gate(
+    health: &crate::skew::ClockHealth,
+    other_controllers: usize,
+    chunkservers: usize,
+) -> Result<(), String> {
+    use crate::skew::ClockState;
+    match health.state {
+        ClockState::Ok | ClockState::Corrected => Ok(()),
+        ClockState::Unknown if other_controllers == 0 && chunkservers == 0 => Ok(()),
+        ClockState::Unknown => Err(format!(
+            "clock unknown: no fresh reading from the {other_controllers} other controller(s)              and {chunkservers} chunkserver(s) to check it against"
+        )),
+        ClockState::Skewed => Err(format!(
+            "clock skewed: witnesses read {} ms from ours and disagree on who is right",
+            health.median_offset_ms
+        )),
+    }
+}
+
 /// Purges expired trash when the clock is trusted; answers why not otherwise.
 async fn purge(p: &GcParts) -> Option<String> {
-    let health = p.clock.health();
-    if !health.state.trusted() {
+    // Evaluate now, not the watcher's last reading: a sample that expired since then must
+    // not leave a stale "ok" in force.
+    let health = p.clock.evaluate();
+    let me = p.node_id.clone();
+    let others = p
+        .meta
+        .call(move |s| {
+            s.controllers()
+                .map(|cs| cs.iter().filter(|c| c.node != me && !c.forgotten).count())
+        })
+        .await;
+    let others = match others {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => return Some(format!("cannot read the controllers: {e}")),
+        Err(e) => return Some(format!("cannot read the controllers: {e}")),
+    };
+    let chunkservers = p.directory.read(|reg| reg.servers().count());
+    if let Err(why) = purge_gate(&health, others, chunkservers) {
         p.metrics.purges_skipped_clock.inc();
-        let why = format!(
-            "clock {}: witnesses read {} ms from ours and disagree on who is right",
-            health.state.name(),
-            health.median_offset_ms
-        );
         tracing::warn!(reason = %why, "trash purge skipped");
         return Some(why);
     }
@@ -230,4 +267,31 @@ async fn delete(
         .await?
         .into_inner();
     Ok(resp.existed && !resp.kept_young)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::purge_gate;
+    use crate::skew::{ClockHealth, ClockState};
+
+    fn health(state: ClockState) -> ClockHealth {
+        ClockHealth {
+            state,
+            median_offset_ms: 0,
+            correction_ms: 0,
+            witnesses: 0,
+            agreeing: 0,
+        }
+    }
+
+    #[test]
+    fn only_a_checked_clock_or_a_lone_controller_purges() {
+        assert!(purge_gate(&health(ClockState::Ok), 2, 3).is_ok());
+        assert!(purge_gate(&health(ClockState::Corrected), 2, 3).is_ok());
+        assert!(purge_gate(&health(ClockState::Unknown), 0, 0).is_ok());
+        // Peers exist but none answered lately: the clock cannot be checked.
+        assert!(purge_gate(&health(ClockState::Unknown), 1, 0).is_err());
+        assert!(purge_gate(&health(ClockState::Unknown), 0, 1).is_err());
+        assert!(purge_gate(&health(ClockState::Skewed), 0, 0).is_err());
+    }
 }

@@ -293,7 +293,7 @@ pub fn components(
         workers: Arc::new(WorkerBoard::default()),
         settings: ApiSettings {
             write_quorum: config.write_quorum,
-            hold_interval_ms: (config.gc_grace_ms / 4).max(1_000),
+            hold_interval_ms: (config.gc_grace_ms / 4).max(100),
         },
     })
 }

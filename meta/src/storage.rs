@@ -137,6 +137,9 @@ fn meta_key(key: &str) -> Vec<u8> {
 impl RocksStorage {
     /// Open (creating if needed) the database at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
+        // Created private and durably: RocksDB syncs its own directory, not its parent.
+        redcloud_proto::local::create_private_dir_all(path.as_ref())
+            .map_err(|e| StorageError(format!("creating {}: {e}", path.as_ref().display())))?;
         let mut opts = rocksdb::Options::default();
         opts.create_if_missing(true);
         let db = rocksdb::DB::open(&opts, path).map_err(rocks)?;

@@ -77,6 +77,13 @@ enum Op {
         a: Index,
         b: Index,
     },
+    /// One production anti-entropy session from `a` to `b` that loses message `drop` (if
+    /// any): a lost message must never keep later sessions from converging.
+    LossySession {
+        a: Index,
+        b: Index,
+        drop: Option<u8>,
+    },
 }
 
 fn arb_op() -> impl Strategy<Value = Op> {
@@ -93,6 +100,7 @@ fn arb_op() -> impl Strategy<Value = Op> {
         8 => (i(), i()).prop_map(|(commit, to)| Op::Deliver { commit, to }),
         1 => i().prop_map(|r| Op::Restart { r }),
         1 => (i(), i()).prop_map(|(a, b)| Op::SyncPair { a, b }),
+        2 => (i(), i(), proptest::option::of(0u8..12)).prop_map(|(a, b, drop)| Op::LossySession { a, b, drop }),
     ]
 }
 
@@ -322,11 +330,30 @@ impl Cluster {
                     sync_pair(&mut left[lo], &mut right[0], self.wall);
                 }
             }
+            Op::LossySession { a, b, drop } => {
+                let (a, b) = (a.index(n), b.index(n));
+                if a != b {
+                    let (lo, hi) = (a.min(b), a.max(b));
+                    let (left, right) = self.replicas.split_at_mut(hi);
+                    let (x, y) = (&mut left[lo], &mut right[0]);
+                    let (from, to) = if a < b { (x, y) } else { (y, x) };
+                    let drop = drop.map(usize::from);
+                    session(from, to, drop, 16 << 20, self.wall);
+                }
+            }
         }
     }
 
     fn check(&mut self) {
         let wall = self.wall + 1000;
+        // Production sessions first (after whatever they lost before), then full pairwise
+        // Automerge sync to compare.
+        for i in 0..self.replicas.len() {
+            for j in (i + 1)..self.replicas.len() {
+                let (left, right) = self.replicas.split_at_mut(j);
+                sessions_until_equal(&mut left[i], &mut right[0], 16 << 20, wall, 3);
+            }
+        }
         sync_all(&mut self.replicas, wall);
         assert_converged(&self.replicas, &OWNERS, &NAMES);
         for s in &self.replicas {

@@ -15,6 +15,9 @@ pub mod controller {
     tonic::include_proto!("redcloud.controller.v1");
 }
 
+pub mod local;
+pub mod trust;
+
 /// Largest chunk a chunkserver accepts.
 pub const MAX_CHUNK_SIZE: usize = 8 << 20;
 

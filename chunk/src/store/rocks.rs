@@ -63,7 +63,8 @@ impl RocksStore {
         let open_error = |what: &str, e: &dyn std::fmt::Display| {
             StoreError::Io(format!("{what} chunk store at {}: {e}", path.display()))
         };
-        std::fs::create_dir_all(path).map_err(|e| open_error("creating", &e))?;
+        redcloud_proto::local::create_private_dir_all(path)
+            .map_err(|e| open_error("creating", &e))?;
 
         let mut db_options = Options::default();
         db_options.create_if_missing(true);

@@ -54,12 +54,32 @@ pub struct Uploaded {
 }
 
 /// Uploads `path` as `name` with `tags`.
+/// How an upload behaves beyond what it uploads.
+#[derive(Debug, Clone, Default)]
+pub struct UploadOptions {
+    /// A pause before each chunk is written: a crude bandwidth cap for slow or shared links
+    /// (and how tests make an upload outlast the GC grace period).
+    pub pace: Option<std::time::Duration>,
+}
+
 pub async fn upload(
     ctl: &mut Controllers,
     session: &mut Session,
     path: &Path,
     name: &str,
     tags: &[String],
+) -> Result<Uploaded> {
+    upload_with(ctl, session, path, name, tags, &UploadOptions::default()).await
+}
+
+/// [`upload`] with options.
+pub async fn upload_with(
+    ctl: &mut Controllers,
+    session: &mut Session,
+    path: &Path,
+    name: &str,
+    tags: &[String],
+    options: &UploadOptions,
 ) -> Result<Uploaded> {
     let owned: PathBuf = path.to_owned();
     let size_hint = std::fs::metadata(path)
@@ -117,7 +137,7 @@ pub async fn upload(
         Arc::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?);
     let pool = ChunkPool::default();
     let chunks_sent = new.len();
-    write_all(&pool, &file, path, new, quorum, &bar).await?;
+    write_all(&pool, &file, path, new, quorum, &bar, options).await?;
     bar.finish_and_clear();
 
     let commit = CommitFileRequest {
@@ -184,7 +204,7 @@ pub async fn upload(
             .collect();
         resent += again.len();
         let bar = progress::bytes_bar(&format!("re-sending {name}"), 0);
-        write_all(&pool, &file, path, again, quorum, &bar).await?;
+        write_all(&pool, &file, path, again, quorum, &bar, options).await?;
         bar.finish_and_clear();
     };
     holder.stop().await;
@@ -230,13 +250,18 @@ async fn write_all(
     chunks: Vec<(ChunkSpan, ChunkPlan)>,
     quorum: usize,
     bar: &indicatif::ProgressBar,
+    options: &UploadOptions,
 ) -> Result<()> {
+    let pace = options.pace;
     futures::stream::iter(chunks.into_iter().map(|(span, plan)| {
         let file = file.clone();
         let pool = pool.clone();
         let bar = bar.clone();
         let path = path.to_owned();
         async move {
+            if let Some(pause) = pace {
+                tokio::time::sleep(pause).await;
+            }
             let data =
                 tokio::task::spawn_blocking(move || chunking::read_span(&file, &span, &path))
                     .await
@@ -261,7 +286,8 @@ struct Holder {
 impl Holder {
     fn start(mut ctl: Controllers, token: String, ids: Vec<[u8; 32]>, interval_ms: u64) -> Self {
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
-        let interval = std::time::Duration::from_millis(interval_ms.max(1_000));
+        // The controller asks for a quarter of its GC grace; never hammer it faster than this.
+        let interval = std::time::Duration::from_millis(interval_ms.max(100));
         let task = tokio::spawn(async move {
             loop {
                 tokio::select! {

@@ -208,6 +208,27 @@ impl Client {
         Ok((bytes, v["version"].as_str().unwrap_or_default().to_owned()))
     }
 
+    /// Downloads version `version` of `name`: its bytes, or `Err(stderr)`.
+    pub fn try_download_version(&self, name: &str, version: &str) -> Result<Vec<u8>, String> {
+        let dir = self.work.join(format!("down-{}", self.name));
+        std::fs::create_dir_all(&dir).expect("download dir");
+        let path = dir.join(format!("{name}@{version}"));
+        let out = self.run(&[
+            "--json",
+            "download",
+            name,
+            "--version",
+            version,
+            "-o",
+            path.to_str().unwrap(),
+            "--force",
+        ]);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(std::fs::read(&path).expect("downloaded file"))
+    }
+
     pub fn download(&self, name: &str) -> (Vec<u8>, String) {
         self.try_download(name).unwrap_or_else(|e| {
             panic!(

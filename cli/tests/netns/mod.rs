@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub use client::Client;
+#[allow(unused_imports)] // not every test binary uses the ledger
 pub use oracle::Ledger;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_redcloud");
@@ -253,6 +254,17 @@ impl Lab {
 
     /// Starts the controller `ctl{host}` (gRPC on :7100, libp2p on :7300 of the host's IP).
     pub fn start_controller(&mut self, host: usize, discovery: Discovery, clock_offset_ms: i64) {
+        self.start_controller_with(host, discovery, clock_offset_ms, &[]);
+    }
+
+    /// [`Lab::start_controller`] with `extra` flags.
+    pub fn start_controller_with(
+        &mut self,
+        host: usize,
+        discovery: Discovery,
+        clock_offset_ms: i64,
+        extra: &[&str],
+    ) {
         let mut args: Vec<String> = [
             "controller",
             "--data",
@@ -278,6 +290,7 @@ impl Lab {
                 args.push(format!("/ip4/{}/tcp/{P2P_PORT}", ip(p)));
             }
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         self.start_node(&format!("ctl{host}"), host, args);
     }
 
@@ -335,6 +348,36 @@ impl Lab {
         let node = self.node(name);
         assert!(node.child.is_none(), "{name} is still running");
         node.spawn(&ns);
+    }
+
+    /// Whether the node has been started (and may be stopped or running).
+    pub fn has_node(&self, name: &str) -> bool {
+        self.nodes.iter().any(|n| n.name == name)
+    }
+
+    /// Whether the node's process is running (not killed).
+    pub fn is_up(&mut self, name: &str) -> bool {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .is_some_and(|n| n.child.is_some())
+    }
+
+    /// Restarts a killed controller with its clock shifted by `offset_ms` (the test-only
+    /// `--clock-offset-ms`): a clock that jumped while it was down.
+    pub fn restart_with_clock(&mut self, name: &str, offset_ms: i64) {
+        let node = self.node(name);
+        if let Some(i) = node.args.iter().position(|a| a == "--clock-offset-ms") {
+            node.args[i + 1] = offset_ms.to_string();
+        }
+        self.restart(name);
+    }
+
+    /// Deletes a killed node's data directory: a disk replaced, an operator's `rm -rf`.
+    pub fn wipe(&mut self, name: &str) {
+        assert!(!self.is_up(name), "{name} is running; kill it first");
+        let path = self.path(name);
+        let _ = std::fs::remove_dir_all(&path);
     }
 
     /// Panics (with log tails) if a daemon that should run has exited.

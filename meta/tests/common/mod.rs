@@ -134,3 +134,85 @@ pub fn assert_converged(replicas: &[MetaStore], owners: &[&str], names: &[&str])
         }
     }
 }
+
+/// How one anti-entropy session over the in-memory link ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The session finished; `equal`: the peers were already in sync when it started.
+    Done { equal: bool },
+    /// A message was lost (or an answer refused): the initiator aborted, as the replication
+    /// task does on a timeout.
+    Aborted,
+}
+
+/// Runs one production anti-entropy session (`replication::session`) from `a` to `b` over an
+/// in-memory link that loses message number `drop` (requests and answers counted together,
+/// from 0), with `limit` as both sides' message cap. Returns how it ended and the number of
+/// messages that crossed the link.
+pub fn session(
+    a: &mut MetaStore,
+    b: &mut MetaStore,
+    drop: Option<usize>,
+    limit: usize,
+    wall_ms: u64,
+) -> (SessionEnd, usize) {
+    use redcloud_meta::replication::session::{Session, Step, answer};
+    let (an, bn) = (a.node_id().to_string(), b.node_id().to_string());
+    let (mut s, mut step) = Session::start(a, &bn, None, wall_ms, limit);
+    let mut sent = 0usize;
+    // Bounded: every document gets at most MAX_SYNC_ROUNDS rounds plus its batches.
+    for _ in 0..100_000 {
+        let request = match step {
+            Step::Done { equal } => return (SessionEnd::Done { equal }, sent),
+            Step::Send(r) => r,
+        };
+        let lost = drop == Some(sent);
+        sent += 1;
+        if lost {
+            s.abort(a);
+            return (SessionEnd::Aborted, sent);
+        }
+        let (response, _) = answer(b, &an, request.request, wall_ms, limit);
+        let lost = drop == Some(sent);
+        sent += 1;
+        if lost {
+            s.abort(a);
+            return (SessionEnd::Aborted, sent);
+        }
+        let encoded = redcloud_meta::replication::wire::encode(&response);
+        assert!(
+            encoded.len() <= limit + (64 << 10),
+            "an answer of {} bytes exceeds the cap of {limit}",
+            encoded.len()
+        );
+        step = match s.on_response(a, response, wall_ms) {
+            Ok(next) => next,
+            Err(_) => {
+                s.abort(a);
+                return (SessionEnd::Aborted, sent);
+            }
+        };
+    }
+    panic!("a session from {an} to {bn} did not end in 100000 messages");
+}
+
+/// Sessions from `a` to `b` until one finds them equal (at most `max`). Returns the number of
+/// sessions run.
+pub fn sessions_until_equal(
+    a: &mut MetaStore,
+    b: &mut MetaStore,
+    limit: usize,
+    wall_ms: u64,
+    max: usize,
+) -> usize {
+    for n in 1..=max {
+        if let (SessionEnd::Done { equal: true }, _) = session(a, b, None, limit, wall_ms) {
+            return n;
+        }
+    }
+    panic!(
+        "{} and {} not equal after {max} sessions",
+        a.node_id(),
+        b.node_id()
+    );
+}
