@@ -35,9 +35,9 @@ use netns::{Client, Discovery, Lab};
 use serde_json::Value;
 
 /// The seeds CI runs.
-const CI_SEEDS: [u64; 2] = [11, 29];
+const CI_SEEDS: [u64; 3] = [11, 29, 47];
 /// Phases per schedule (override: `REDCLOUD_JEPSEN_PHASES`).
-const PHASES: usize = 6;
+const PHASES: usize = 10;
 /// Client operations per phase.
 const OPS_PER_PHASE: usize = 6;
 const HOSTS: usize = 5;
@@ -127,6 +127,9 @@ enum Op {
 #[derive(Clone, Debug)]
 struct Phase {
     fault: Fault,
+    /// How long the fault acts before the clients start, and after they finish (ms): long
+    /// enough, at times, for heartbeats to time out (3 s) and the sides to notice.
+    dwell_ms: u64,
     ops: Vec<Op>,
 }
 
@@ -210,7 +213,12 @@ fn schedule(seed: u64, phases: usize) -> Vec<Phase> {
                 }
             })
             .collect();
-        out.push(Phase { fault, ops });
+        let dwell_ms = 500 + 500 * rng.below(8) as u64;
+        out.push(Phase {
+            fault,
+            dwell_ms,
+            ops,
+        });
     }
     out
 }
@@ -887,7 +895,12 @@ fn run_seed(seed: u64, phases: usize) {
     let plan = schedule(seed, phases);
     eprintln!("[jepsen {seed}] schedule:");
     for (i, p) in plan.iter().enumerate() {
-        eprintln!("  phase {i}: {:?}, {} ops", p.fault, p.ops.len());
+        eprintln!(
+            "  phase {i}: {:?} for {} ms around {} ops",
+            p.fault,
+            p.dwell_ms,
+            p.ops.len()
+        );
     }
     let Some(mut run) = Run::start(seed) else {
         return;
@@ -895,9 +908,11 @@ fn run_seed(seed: u64, phases: usize) {
     let started = Instant::now();
     for phase in &plan {
         run.inject(&phase.fault);
+        std::thread::sleep(Duration::from_millis(phase.dwell_ms));
         for op in &phase.ops {
             run.apply(op);
         }
+        std::thread::sleep(Duration::from_millis(phase.dwell_ms));
         run.recover();
         run.try_barrier(Duration::from_secs(20));
     }
