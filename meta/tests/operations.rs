@@ -594,3 +594,56 @@ fn every_file_op_stays_in_one_document() {
     assert!(used.len() > 8, "names spread over shards: {used:?}");
     assert_eq!(s.list("alice", &tags(&["t"])).unwrap().len(), 50);
 }
+
+/// A heartbeat (address change) on one controller and a drain on another, concurrently: after
+/// sync the server is draining at its new address. When both were one key, the heartbeat's
+/// write could undo the drain.
+#[test]
+fn a_concurrent_heartbeat_does_not_undo_a_drain() {
+    let mut a = mem_store("node-a", 4);
+    let mut b = mem_store("node-b", 4);
+    a.upsert_chunkserver("cs1", "10.0.0.9:7200", "z", T0).unwrap();
+    sync_pair(&mut a, &mut b, T0);
+    // Concurrently: b drains it, a hears a heartbeat from a new address (a later clock).
+    b.set_chunkserver_state("cs1", ChunkserverState::Draining, T0 + 1)
+        .unwrap();
+    a.upsert_chunkserver("cs1", "10.0.0.10:7200", "z", T0 + 1_000)
+        .unwrap();
+    sync_pair(&mut a, &mut b, T0 + 2_000);
+    for s in [&a, &b] {
+        let cs = s.chunkservers().unwrap();
+        assert_eq!(
+            (cs[0].address.as_str(), cs[0].state),
+            ("10.0.0.10:7200", ChunkserverState::Draining),
+            "on {}",
+            s.node_id()
+        );
+    }
+}
+
+/// `--replication` seeds only a new cluster: a seed never overrides an explicit
+/// `set-replication`, even one made concurrently or earlier on another controller.
+#[test]
+fn a_replication_seed_never_overrides_an_explicit_policy() {
+    let mut a = mem_store("node-a", 4);
+    let mut b = mem_store("node-b", 4);
+    a.set_replication(ReplicationPolicy::Count(3), T0).unwrap();
+    // b, not yet synced, starts with `--replication 1`.
+    b.seed_replication(ReplicationPolicy::Count(1), T0 + 5_000)
+        .unwrap();
+    sync_pair(&mut a, &mut b, T0 + 6_000);
+    for s in [&a, &b] {
+        assert_eq!(
+            s.settings().unwrap().replication,
+            ReplicationPolicy::Count(3),
+            "on {}",
+            s.node_id()
+        );
+    }
+    // A seed on a cluster that already has a policy writes nothing.
+    assert!(
+        a.seed_replication(ReplicationPolicy::All, T0 + 7_000)
+            .unwrap()
+            .is_none()
+    );
+}
