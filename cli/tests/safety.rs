@@ -371,7 +371,14 @@ async fn a_fast_controller_purges_nothing_and_does_not_win_later_writes() {
     wait_active(&fast.addr, 2).await;
     let token = login(&a.addr, "eve").await;
     let bytes = data(1 << 20, 15);
-    put(&[a.addr.clone()], &token, work.path(), "trash", &bytes).await;
+    put(
+        std::slice::from_ref(&a.addr),
+        &token,
+        work.path(),
+        "trash",
+        &bytes,
+    )
+    .await;
     let deleted = api(&a.addr)
         .await
         .delete(authed(
@@ -428,13 +435,27 @@ async fn a_fast_controller_purges_nothing_and_does_not_win_later_writes() {
     // One write through the fast controller, then one through the healthy one: the later
     // write is the head on both.
     let v_fast = data(300_000, 16);
-    put(&[fast.addr.clone()], &token, work.path(), "race", &v_fast).await;
+    put(
+        std::slice::from_ref(&fast.addr),
+        &token,
+        work.path(),
+        "race",
+        &v_fast,
+    )
+    .await;
     wait_until("the healthy controller has the fast write", || async {
         !history(&a.addr, &token, "race").await.is_empty()
     })
     .await;
     let v_later = data(300_000, 17);
-    put(&[a.addr.clone()], &token, work.path(), "race", &v_later).await;
+    put(
+        std::slice::from_ref(&a.addr),
+        &token,
+        work.path(),
+        "race",
+        &v_later,
+    )
+    .await;
     let want = blake3::hash(&v_later);
     for addr in [&a.addr, &fast.addr] {
         wait_until("the later write is the head everywhere", || async {
@@ -462,7 +483,7 @@ async fn forgetting_a_departed_controller_unblocks_gc() {
     })
     .await;
     let b = controller(vec![a.p2p.clone()], |_| {}).await;
-    let mut cs = Chunkserver::start(&[a.addr.clone()]).await;
+    let mut cs = Chunkserver::start(std::slice::from_ref(&a.addr)).await;
     let b_id = b.node.parts.node_id.clone();
     wait_until("a sees b connected", || async {
         status(&a.addr)

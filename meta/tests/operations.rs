@@ -602,7 +602,8 @@ fn every_file_op_stays_in_one_document() {
 fn a_concurrent_heartbeat_does_not_undo_a_drain() {
     let mut a = mem_store("node-a", 4);
     let mut b = mem_store("node-b", 4);
-    a.upsert_chunkserver("cs1", "10.0.0.9:7200", "z", T0).unwrap();
+    a.upsert_chunkserver("cs1", "10.0.0.9:7200", "z", T0)
+        .unwrap();
     sync_pair(&mut a, &mut b, T0);
     // Concurrently: b drains it, a hears a heartbeat from a new address (a later clock).
     b.set_chunkserver_state("cs1", ChunkserverState::Draining, T0 + 1)
