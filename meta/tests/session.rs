@@ -49,8 +49,14 @@ fn a_lost_message_at_any_position_does_not_wedge_the_next_session() {
 
     for lost in 0..total {
         let (mut a, mut b) = diverged();
-        let (end, _) = session(&mut a, &mut b, Some(lost), LIMIT, T0);
-        assert_eq!(end, SessionEnd::Aborted, "message {lost} was lost");
+        let (end, sent) = session(&mut a, &mut b, Some(lost), LIMIT, T0);
+        if end != SessionEnd::Aborted {
+            // Fresh replicas get fresh actor ids, so Automerge's bloom filters may settle in
+            // fewer rounds than the first run took: this session ended before message `lost`.
+            assert!(sent <= lost, "message {lost} was lost, yet the session ended {end:?}");
+            assert_eq!(a.digest(), b.digest(), "a complete session converges");
+            continue;
+        }
         // The next session, in either direction, completes the exchange.
         let (first, second) = if lost % 2 == 0 {
             (&mut a, &mut b)
