@@ -39,6 +39,7 @@ pub async fn start_chunkserver(
     config.controllers = controllers.to_vec();
     config.heartbeat_interval = heartbeat;
     config.scrub_rate = 0;
+    config.secret = Some(crate::cluster::bench_secret());
     let (stop, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(redcloud_chunk::run(config, listener, async {
         let _ = rx.await;
@@ -117,20 +118,23 @@ pub async fn run(report: &mut Report, profile: Profile) -> Result<()> {
         })
         .await??;
 
-        // Durable upload through the client, tonic and RocksDB.
+        // Durable upload through the client, tonic and RocksDB, with security on (the node
+        // credential; a client's grant costs the same check).
+        let cred =
+            redcloud_proto::trust::Gate::new(Some(&crate::cluster::bench_secret())).node_metadata();
         let start = Instant::now();
         for (id, bytes) in &chunks {
-            client::write_chunk(&mut store, *id, bytes.clone()).await?;
+            client::write_chunk(&mut store, *id, bytes.clone(), &cred).await?;
         }
         let upload = start.elapsed();
 
         // Warm download (every chunk read once before timing), verified by the client.
         for (id, _) in &chunks {
-            client::read_chunk(&mut store, *id).await?;
+            client::read_chunk(&mut store, *id, &cred).await?;
         }
         let start = Instant::now();
         for (id, _) in &chunks {
-            let b = client::read_chunk(&mut store, *id).await?;
+            let b = client::read_chunk(&mut store, *id, &cred).await?;
             anyhow::ensure!(b.len() == size, "short read");
         }
         let download = start.elapsed();
@@ -149,7 +153,7 @@ pub async fn run(report: &mut Report, profile: Profile) -> Result<()> {
         // tonic alone: the same calls against the in-memory echo service.
         let start = Instant::now();
         for (id, bytes) in &chunks {
-            client::write_chunk(&mut transport, *id, bytes.clone()).await?;
+            client::write_chunk(&mut transport, *id, bytes.clone(), &cred).await?;
         }
         let tonic_up = start.elapsed();
         for (id, _) in &chunks {

@@ -22,6 +22,11 @@ use tokio::task::JoinHandle;
 
 use crate::probe::{Applied, ProbeStorage};
 
+/// The cluster secret of every benchmark node: benchmarks run with security on.
+pub fn bench_secret() -> redcloud_proto::trust::ClusterSecret {
+    redcloud_proto::trust::ClusterSecret::from_bytes([7; 32])
+}
+
 /// The cluster name every benchmark node uses.
 pub const CLUSTER: &str = "bench";
 /// The user owning every benchmark file.
@@ -163,6 +168,7 @@ async fn start_node(
     let mut config = redcloud_p2p::Config::new(CLUSTER, keypair);
     config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
     config.mdns = false;
+    config.private_key = Some(bench_secret().p2p_key());
     config.bootstrap = bootstrap;
     let (net, net_events) = redcloud_p2p::spawn(config).await?;
     let listen = net.listen_addrs().await?;

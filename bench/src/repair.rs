@@ -101,6 +101,7 @@ pub async fn run(report: &mut Report, profile: Profile) -> Result<()> {
         mdns: false,
         heartbeat_timeout_ms: 3_000,
         repair_interval: Duration::from_millis(200),
+        secret: Some(crate::cluster::bench_secret()),
         ..ControllerConfig::default()
     };
     let listener = TcpListener::bind("127.0.0.1:0").await?;

@@ -46,16 +46,18 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let total_mib = (count as f64 * size as f64) / (1024.0 * 1024.0);
     let mut client = client::connect(&addr).await?;
+    // The example serves an in-memory store without a gate: no credential needed.
+    let none = tonic::metadata::MetadataMap::new();
 
     let started = Instant::now();
     for (id, bytes) in &chunks {
-        client::write_chunk(&mut client, *id, bytes.clone()).await?;
+        client::write_chunk(&mut client, *id, bytes.clone(), &none).await?;
     }
     let write = started.elapsed();
 
     let started = Instant::now();
     for (id, bytes) in &chunks {
-        let read = client::read_chunk(&mut client, *id).await?;
+        let read = client::read_chunk(&mut client, *id, &none).await?;
         anyhow::ensure!(read == *bytes, "chunk {id} read back different bytes");
     }
     let read = started.elapsed();

@@ -13,6 +13,7 @@ use redcloud_proto::chunk::{ReadChunkRequest, WriteChunkRequest, WriteHeader};
 use redcloud_proto::{
     CONNECTION_WINDOW, FRAME_SIZE, MAX_CHUNK_SIZE, MAX_MESSAGE_SIZE, STREAM_WINDOW,
 };
+use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::id::ChunkId;
@@ -113,25 +114,35 @@ pub fn write_requests(id: ChunkId, bytes: Bytes) -> impl Iterator<Item = WriteCh
         .map(|msg| WriteChunkRequest { msg: Some(msg) })
 }
 
-/// Writes one chunk; answers whether it was already stored.
+/// Writes one chunk; answers whether it was already stored. `credential` is the metadata the
+/// chunkserver checks: a write grant from PlanUpload, or a node's credential (see
+/// `redcloud_proto::trust`).
 pub async fn write_chunk(
     client: &mut ChunkClient,
     id: ChunkId,
     bytes: Bytes,
+    credential: &MetadataMap,
 ) -> Result<bool, ClientError> {
-    let requests = tokio_stream::iter(write_requests(id, bytes));
-    let response = client.write_chunk(requests).await?;
+    let mut request = tonic::Request::new(tokio_stream::iter(write_requests(id, bytes)));
+    *request.metadata_mut() = credential.clone();
+    let response = client.write_chunk(request).await?;
     Ok(response.into_inner().already_present)
 }
 
-/// Reads a whole chunk and checks that its bytes hash to `id`.
-pub async fn read_chunk(client: &mut ChunkClient, id: ChunkId) -> Result<Bytes, ClientError> {
+/// Reads a whole chunk and checks that its bytes hash to `id`. `credential`: a read grant from
+/// Resolve, or a node's credential.
+pub async fn read_chunk(
+    client: &mut ChunkClient,
+    id: ChunkId,
+    credential: &MetadataMap,
+) -> Result<Bytes, ClientError> {
     let protocol = |message: String| ClientError::Protocol { id, message };
-    let request = ReadChunkRequest {
+    let mut request = tonic::Request::new(ReadChunkRequest {
         id: Bytes::copy_from_slice(id.as_bytes()),
         offset: 0,
         length: 0,
-    };
+    });
+    *request.metadata_mut() = credential.clone();
     let mut frames = client.read_chunk(request).await?.into_inner();
     let mut size = None;
     let mut bytes = BytesMut::new();

@@ -64,6 +64,8 @@ pub struct HeartbeatConfig {
     pub timeout: Duration,
     /// Most inventory changes per heartbeat.
     pub max_deltas: usize,
+    /// The node credential every heartbeat carries (empty in insecure mode).
+    pub credential: tonic::metadata::MetadataMap,
 }
 
 impl HeartbeatConfig {
@@ -74,6 +76,7 @@ impl HeartbeatConfig {
             interval: DEFAULT_HEARTBEAT_INTERVAL,
             timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             max_deltas: MAX_DELTAS_PER_HEARTBEAT,
+            credential: tonic::metadata::MetadataMap::new(),
         }
     }
 }
@@ -322,7 +325,14 @@ impl HeartbeatWorker {
             match self.client(&address) {
                 Ok(client) => {
                     self.controllers.sending(&address);
-                    calls.push(call(client, request, self.config.timeout, address, through));
+                    calls.push(call(
+                        client,
+                        request,
+                        self.config.credential.clone(),
+                        self.config.timeout,
+                        address,
+                        through,
+                    ));
                 }
                 Err(why) => self.handle_reply(Reply {
                     address,
@@ -413,11 +423,14 @@ impl HeartbeatWorker {
 fn call(
     mut client: RegistryServiceClient<Channel>,
     request: HeartbeatRequest,
+    credential: tonic::metadata::MetadataMap,
     timeout: Duration,
     address: String,
     through: u64,
 ) -> Call {
     Box::pin(async move {
+        let mut request = tonic::Request::new(request);
+        *request.metadata_mut() = credential;
         let result = match tokio::time::timeout(timeout, client.heartbeat(request)).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),

@@ -19,15 +19,18 @@ pub enum Rejection {
     Truncated,
     /// Malformed request: bad id, missing or repeated header.
     Malformed,
+    /// No node credential or valid grant.
+    Unauthenticated,
 }
 
 impl Rejection {
-    const ALL: [Rejection; 5] = [
+    const ALL: [Rejection; 6] = [
         Self::HashMismatch,
         Self::TooLarge,
         Self::DiskFull,
         Self::Truncated,
         Self::Malformed,
+        Self::Unauthenticated,
     ];
 
     fn label(self) -> &'static str {
@@ -37,6 +40,7 @@ impl Rejection {
             Self::DiskFull => "disk_full",
             Self::Truncated => "truncated",
             Self::Malformed => "malformed",
+            Self::Unauthenticated => "unauthenticated",
         }
     }
 }
@@ -53,7 +57,7 @@ pub struct Metrics {
     /// Writes currently receiving data (a gauge).
     pub writes_in_progress: AtomicU64,
     /// Refused writes, indexed like `Rejection::ALL`.
-    rejected: [AtomicU64; 5],
+    rejected: [AtomicU64; 6],
     /// ReadChunk calls answered with data.
     pub reads: AtomicU64,
     /// Bytes sent by ReadChunk.

@@ -61,6 +61,11 @@ pub struct ChunkserverConfig {
     pub scrub_rate: u64,
     /// Node id; `None`: the one persisted in the data directory (created on first start).
     pub id: Option<String>,
+    /// The cluster secret (`--secret-file`): internal calls and chunk grants are checked
+    /// against keys derived from it.
+    pub secret: Option<redcloud_proto::trust::ClusterSecret>,
+    /// Run without a secret: every call is let in. Flagged in the logs.
+    pub insecure: bool,
 }
 
 /// A configuration field that makes no sense.
@@ -87,6 +92,8 @@ impl ChunkserverConfig {
             capacity: None,
             scrub_rate: DEFAULT_SCRUB_RATE,
             id: None,
+            secret: None,
+            insecure: false,
         }
     }
 
@@ -100,6 +107,13 @@ impl ChunkserverConfig {
         };
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir", "must not be empty");
+        }
+        if self.secret.is_none() && !self.insecure {
+            return bad(
+                "secret",
+                "no cluster secret: make one with `redcloud secret > FILE` (chmod 600), pass \
+                 --secret-file FILE (or set $REDCLOUD_SECRET_FILE), or start with --insecure",
+            );
         }
         if !is_token(&self.zone) {
             return bad("zone", "must be non-empty letters, digits, '.', '_' or '-'");
@@ -229,13 +243,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_valid() {
-        ChunkserverConfig::new("/tmp/x").validate().unwrap();
+    fn defaults_are_valid_once_given_a_secret() {
+        let mut c = ChunkserverConfig::new("/tmp/x");
+        assert_eq!(c.validate().unwrap_err().field, "secret");
+        c.secret = Some(redcloud_proto::trust::ClusterSecret::from_bytes([1; 32]));
+        c.validate().unwrap();
+        c.secret = None;
+        c.insecure = true;
+        c.validate().unwrap();
     }
 
     #[test]
     fn validation_names_the_bad_field() {
-        let base = ChunkserverConfig::new("/tmp/x");
+        let mut base = ChunkserverConfig::new("/tmp/x");
+        base.insecure = true;
         type Spoil = fn(&mut ChunkserverConfig);
         let cases: [(&str, Spoil); 9] = [
             ("data_dir", |c| c.data_dir = PathBuf::new()),

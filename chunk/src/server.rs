@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use redcloud_proto::chunk::chunk_service_server::ChunkServiceServer;
+use redcloud_proto::trust::Gate;
 use redcloud_proto::{CONNECTION_WINDOW, MAX_MESSAGE_SIZE, STREAM_WINDOW};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +37,7 @@ pub struct Chunkserver {
     scrub: ScrubConfig,
     heartbeat: HeartbeatConfig,
     lineage: Arc<Lineage>,
+    gate: Gate,
 }
 
 impl Chunkserver {
@@ -56,7 +58,15 @@ impl Chunkserver {
             scrub,
             heartbeat: HeartbeatConfig::new(Vec::new()),
             lineage: Arc::new(Lineage::in_memory()),
+            gate: Gate::default(),
         }
+    }
+
+    /// Checks callers with `gate` (default: lets everyone in, as `--insecure`). Heartbeats
+    /// carry the gate's node credential.
+    pub fn with_gate(mut self, gate: Gate) -> Self {
+        self.gate = gate;
+        self
     }
 
     /// Guards deletes with `lineage` (default: an empty one kept in memory).
@@ -98,16 +108,24 @@ impl Chunkserver {
             self.scrub,
             stop.clone(),
         );
+        let mut heartbeat_config = self.heartbeat;
+        heartbeat_config.credential = self.gate.node_metadata();
         let heartbeat = HeartbeatWorker::spawn(
             self.store.clone(),
             self.metrics.clone(),
             self.node.clone(),
             self.lineage.clone(),
-            self.heartbeat,
+            heartbeat_config,
             stop.clone(),
         );
         tracing::info!(id = %self.node.id, %local, address = %self.node.address, "chunkserver serving");
-        let service = ChunkServiceImpl::new(self.store, self.metrics, self.node, self.lineage);
+        if !self.gate.secure() {
+            tracing::warn!(
+                "INSECURE: no cluster secret; any caller may read, write and delete chunks"
+            );
+        }
+        let service =
+            ChunkServiceImpl::new(self.store, self.metrics, self.node, self.lineage, self.gate);
         let service = ChunkServiceServer::new(service)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -168,8 +186,10 @@ pub async fn run(
         interval: config.heartbeat_interval,
         ..HeartbeatConfig::new(config.controllers)
     };
+    let gate = Gate::new(config.secret.as_ref());
     Chunkserver::tracked(Arc::new(store), node, scrub)
         .with_heartbeat(heartbeat)
+        .with_gate(gate)
         .with_lineage(Arc::new(lineage))
         .serve(listener, shutdown)
         .await

@@ -19,6 +19,7 @@ use redcloud_proto::chunk::{
     ReadChunkResponse, ReplicateChunkRequest, ReplicateChunkResponse, ScrubStats,
     WriteChunkRequest, WriteChunkResponse,
 };
+use redcloud_proto::trust::{Access, Gate};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -50,6 +51,9 @@ pub struct ChunkServiceImpl {
     node: NodeIdentity,
     lineage: Arc<Lineage>,
     transfers: Arc<Semaphore>,
+    /// Who may call what: nodes of the cluster for internal calls, grant holders for reads
+    /// and writes of one chunk.
+    gate: Gate,
 }
 
 type FrameStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -61,6 +65,7 @@ impl ChunkServiceImpl {
         metrics: Arc<Metrics>,
         node: NodeIdentity,
         lineage: Arc<Lineage>,
+        gate: Gate,
     ) -> Self {
         Self {
             store,
@@ -68,7 +73,27 @@ impl ChunkServiceImpl {
             node,
             lineage,
             transfers: Arc::new(Semaphore::new(MAX_TRANSFERS)),
+            gate,
         }
+    }
+
+    /// Refuses a caller that is not a node of the cluster.
+    fn node_only(&self, md: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        self.gate
+            .require_node(md)
+            .map_err(|s| self.refuse(Rejection::Unauthenticated, s))
+    }
+
+    /// Refuses a caller with neither the node credential nor a grant for `access` to `id`.
+    fn granted(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+        access: Access,
+        id: &ChunkId,
+    ) -> Result<(), Status> {
+        self.gate
+            .require_grant(md, access, id.as_bytes(), crate::store::now_ms())
+            .map_err(|s| self.refuse(Rejection::Unauthenticated, s))
     }
 
     /// Runs `work` on the blocking pool: store calls may wait on the disk.
@@ -178,6 +203,7 @@ impl ChunkService for ChunkServiceImpl {
         &self,
         request: Request<Streaming<WriteChunkRequest>>,
     ) -> Result<Response<WriteChunkResponse>, Status> {
+        let md = request.metadata().clone();
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(WriteChunkRequest {
@@ -191,6 +217,7 @@ impl ChunkService for ChunkServiceImpl {
         };
         let id = parse_id("header.id", &header.id)
             .map_err(|status| self.refuse(Rejection::Malformed, status))?;
+        self.granted(&md, Access::Write, &id)?;
         if header.size > MAX_CHUNK_SIZE {
             let err = StoreError::TooLarge {
                 size: header.size,
@@ -214,8 +241,10 @@ impl ChunkService for ChunkServiceImpl {
         &self,
         request: Request<ReadChunkRequest>,
     ) -> Result<Response<Self::ReadChunkStream>, Status> {
+        let md = request.metadata().clone();
         let request = request.into_inner();
         let id = parse_id("id", &request.id)?;
+        self.granted(&md, Access::Read, &id)?;
         let permit = self.transfer_permit().await?;
         let bytes = self
             .blocking(move |store| store.get(&id))
@@ -254,6 +283,7 @@ impl ChunkService for ChunkServiceImpl {
         &self,
         request: Request<HasChunksRequest>,
     ) -> Result<Response<HasChunksResponse>, Status> {
+        self.node_only(request.metadata())?;
         let request = request.into_inner();
         let (raw, touch) = (request.ids, request.touch);
         if raw.len() > MAX_HAS_CHUNKS {
@@ -286,6 +316,7 @@ impl ChunkService for ChunkServiceImpl {
         &self,
         request: Request<DeleteChunkRequest>,
     ) -> Result<Response<DeleteChunkResponse>, Status> {
+        self.node_only(request.metadata())?;
         let request = request.into_inner();
         let id = parse_id("id", &request.id)?;
         if request.lineage.len() > crate::lineage::MAX_ENTRIES {
@@ -324,6 +355,7 @@ impl ChunkService for ChunkServiceImpl {
         &self,
         request: Request<ListChunksRequest>,
     ) -> Result<Response<Self::ListChunksStream>, Status> {
+        self.node_only(request.metadata())?;
         let request = request.into_inner();
         let mut after = match request.after.is_empty() {
             true => None,
@@ -369,6 +401,7 @@ impl ChunkService for ChunkServiceImpl {
         &self,
         request: Request<ReplicateChunkRequest>,
     ) -> Result<Response<ReplicateChunkResponse>, Status> {
+        self.node_only(request.metadata())?;
         let request = request.into_inner();
         let id = parse_id("id", &request.id)?;
         let source = request.source;
@@ -387,7 +420,7 @@ impl ChunkService for ChunkServiceImpl {
         let _permit = self.transfer_permit().await?;
         let fetch = async {
             let mut source_client = client::connect(&source).await?;
-            client::read_chunk(&mut source_client, id).await
+            client::read_chunk(&mut source_client, id, &self.gate.node_metadata()).await
         };
         let bytes = match tokio::time::timeout(REPLICATE_TIMEOUT, fetch).await {
             Ok(Ok(bytes)) => bytes,
@@ -411,7 +444,8 @@ impl ChunkService for ChunkServiceImpl {
         }))
     }
 
-    async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+    async fn info(&self, request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        self.node_only(request.metadata())?;
         let stats = self.store.stats();
         let m = &self.metrics;
         Ok(Response::new(InfoResponse {

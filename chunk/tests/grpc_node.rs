@@ -21,9 +21,14 @@ async fn info(client: &mut client::ChunkClient) -> InfoResponse {
 async fn replicate_copies_a_chunk_from_another_server() {
     let (source, target) = (start(None).await, start(None).await);
     let (id, bytes) = chunk(1, 3 << 20);
-    client::write_chunk(&mut source.client().await, id, bytes.clone())
-        .await
-        .unwrap();
+    client::write_chunk(
+        &mut source.client().await,
+        id,
+        bytes.clone(),
+        &tonic::metadata::MetadataMap::new(),
+    )
+    .await
+    .unwrap();
 
     let mut client = target.client().await;
     let request = ReplicateChunkRequest {
@@ -37,7 +42,12 @@ async fn replicate_copies_a_chunk_from_another_server() {
         .into_inner();
     assert!(!answer.already_present);
     assert_eq!(answer.size, bytes.len() as u64);
-    assert_eq!(client::read_chunk(&mut client, id).await.unwrap(), bytes);
+    assert_eq!(
+        client::read_chunk(&mut client, id, &tonic::metadata::MetadataMap::new())
+            .await
+            .unwrap(),
+        bytes
+    );
     let again = client.replicate_chunk(request).await.unwrap().into_inner();
     assert!(again.already_present);
     source.stop().await;
@@ -83,9 +93,14 @@ async fn info_reports_identity_usage_and_the_xor_digest() {
     let mut used = 0;
     for seed in 0..5 {
         let (id, bytes) = chunk(10 + seed, 1000 * (seed as usize + 1));
-        client::write_chunk(&mut client, id, bytes.clone())
-            .await
-            .unwrap();
+        client::write_chunk(
+            &mut client,
+            id,
+            bytes.clone(),
+            &tonic::metadata::MetadataMap::new(),
+        )
+        .await
+        .unwrap();
         xor.iter_mut().zip(id.0).for_each(|(x, b)| *x ^= b);
         used += bytes.len() as u64;
     }
@@ -113,9 +128,14 @@ async fn scrub_finds_drops_and_counts_a_corrupt_chunk() {
     let mut client = server.client().await;
     let chunks: Vec<_> = (0..3).map(|seed| chunk(20 + seed, 300_000)).collect();
     for (id, bytes) in &chunks {
-        client::write_chunk(&mut client, *id, bytes.clone())
-            .await
-            .unwrap();
+        client::write_chunk(
+            &mut client,
+            *id,
+            bytes.clone(),
+            &tonic::metadata::MetadataMap::new(),
+        )
+        .await
+        .unwrap();
     }
     assert!(server.store.corrupt_for_test(&chunks[1].0).unwrap());
     let addr = server.addr.clone();
@@ -137,7 +157,9 @@ async fn scrub_finds_drops_and_counts_a_corrupt_chunk() {
         "{scrub:?}"
     );
     assert_eq!(
-        client::read_chunk(&mut client, ids[2]).await.unwrap(),
+        client::read_chunk(&mut client, ids[2], &tonic::metadata::MetadataMap::new())
+            .await
+            .unwrap(),
         chunks[2].1
     );
     server.stop().await;
@@ -166,6 +188,8 @@ async fn run_keeps_its_node_id_and_chunks_across_restarts() {
     let mut config = ChunkserverConfig::new(dir.path());
     config.capacity = Some(10 << 20);
     config.scrub_rate = 0;
+    // This test is about the node's identity, not its gate (see tests/trust.rs).
+    config.insecure = true;
     let (id, bytes) = chunk(30, 50_000);
 
     let (addr, stop, task) = spawn_run(config.clone()).await;
@@ -176,9 +200,14 @@ async fn run_keeps_its_node_id_and_chunks_across_restarts() {
         (first.address.as_str(), first.capacity_bytes),
         (addr.as_str(), 10 << 20)
     );
-    client::write_chunk(&mut client, id, bytes.clone())
-        .await
-        .unwrap();
+    client::write_chunk(
+        &mut client,
+        id,
+        bytes.clone(),
+        &tonic::metadata::MetadataMap::new(),
+    )
+    .await
+    .unwrap();
     drop(client);
     stop.send(()).unwrap();
     tokio::time::timeout(DEADLINE, task)
@@ -200,7 +229,12 @@ async fn run_keeps_its_node_id_and_chunks_across_restarts() {
             .map(|(a, b)| a ^ b)
             .collect::<Vec<_>>()
     );
-    assert_eq!(client::read_chunk(&mut client, id).await.unwrap(), bytes);
+    assert_eq!(
+        client::read_chunk(&mut client, id, &tonic::metadata::MetadataMap::new())
+            .await
+            .unwrap(),
+        bytes
+    );
     drop(client);
     stop.send(()).unwrap();
     tokio::time::timeout(DEADLINE, task)
@@ -214,6 +248,7 @@ async fn run_keeps_its_node_id_and_chunks_across_restarts() {
 async fn run_refuses_a_bad_config_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = ChunkserverConfig::new(dir.path());
+    config.insecure = true;
     config.zone = String::new();
     let (_, _stop, task) = spawn_run(config).await;
     let err = tokio::time::timeout(DEADLINE, task)

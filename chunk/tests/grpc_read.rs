@@ -40,9 +40,14 @@ async fn reads_stream_frames_and_serve_ranges() {
     let server = start(None).await;
     let mut client = server.client().await;
     let (id, bytes) = chunk(1, 3 * FRAME_SIZE + 7);
-    client::write_chunk(&mut client, id, bytes.clone())
-        .await
-        .unwrap();
+    client::write_chunk(
+        &mut client,
+        id,
+        bytes.clone(),
+        &tonic::metadata::MetadataMap::new(),
+    )
+    .await
+    .unwrap();
     let size = bytes.len() as u64;
 
     let (whole, reported, frames) = read_range(&mut client, &id, 0, 0).await.unwrap();
@@ -73,7 +78,9 @@ async fn unknown_chunks_are_not_found_and_malformed_ids_invalid() {
     let server = start(None).await;
     let mut client = server.client().await;
     let (id, _) = chunk(2, 10);
-    let status = client::read_chunk(&mut client, id).await.unwrap_err();
+    let status = client::read_chunk(&mut client, id, &tonic::metadata::MetadataMap::new())
+        .await
+        .unwrap_err();
     let client::ClientError::Status(status) = status else {
         panic!("{status}")
     };
@@ -119,7 +126,14 @@ async fn has_chunks_answers_in_order_and_bounds_the_batch() {
     let mut client = server.client().await;
     let (a, a_bytes) = chunk(3, 10);
     let (b, _) = chunk(4, 10);
-    client::write_chunk(&mut client, a, a_bytes).await.unwrap();
+    client::write_chunk(
+        &mut client,
+        a,
+        a_bytes,
+        &tonic::metadata::MetadataMap::new(),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         has(&mut client, &[b, a, b, a]).await,
         [false, true, false, true]
@@ -170,9 +184,14 @@ async fn list_chunks_pages_through_the_inventory_in_id_order() {
     let mut expected = Vec::new();
     for seed in 0..25 {
         let (id, bytes) = chunk(100 + seed, 10 + seed as usize);
-        client::write_chunk(&mut client, id, bytes.clone())
-            .await
-            .unwrap();
+        client::write_chunk(
+            &mut client,
+            id,
+            bytes.clone(),
+            &tonic::metadata::MetadataMap::new(),
+        )
+        .await
+        .unwrap();
         expected.push((id, bytes.len() as u64));
     }
     expected.sort();
@@ -224,12 +243,22 @@ async fn a_corrupt_chunk_reads_as_data_loss_and_is_then_gone() {
     let mut client = server.client().await;
     let (good, good_bytes) = chunk(5, 200_000);
     let (bad, bad_bytes) = chunk(6, 200_000);
-    client::write_chunk(&mut client, good, good_bytes.clone())
-        .await
-        .unwrap();
-    client::write_chunk(&mut client, bad, bad_bytes.clone())
-        .await
-        .unwrap();
+    client::write_chunk(
+        &mut client,
+        good,
+        good_bytes.clone(),
+        &tonic::metadata::MetadataMap::new(),
+    )
+    .await
+    .unwrap();
+    client::write_chunk(
+        &mut client,
+        bad,
+        bad_bytes.clone(),
+        &tonic::metadata::MetadataMap::new(),
+    )
+    .await
+    .unwrap();
     assert!(server.store.corrupt_for_test(&bad).unwrap());
 
     let status = read_range(&mut client, &bad, 0, 10).await.unwrap_err();
@@ -241,17 +270,26 @@ async fn a_corrupt_chunk_reads_as_data_loss_and_is_then_gone() {
     );
     assert_eq!(has(&mut client, &[good, bad]).await, [true, false]);
     assert_eq!(
-        client::read_chunk(&mut client, good).await.unwrap(),
+        client::read_chunk(&mut client, good, &tonic::metadata::MetadataMap::new())
+            .await
+            .unwrap(),
         good_bytes
     );
     // A good copy can be written again, as repair would.
     assert!(
-        !client::write_chunk(&mut client, bad, bad_bytes.clone())
-            .await
-            .unwrap()
+        !client::write_chunk(
+            &mut client,
+            bad,
+            bad_bytes.clone(),
+            &tonic::metadata::MetadataMap::new()
+        )
+        .await
+        .unwrap()
     );
     assert_eq!(
-        client::read_chunk(&mut client, bad).await.unwrap(),
+        client::read_chunk(&mut client, bad, &tonic::metadata::MetadataMap::new())
+            .await
+            .unwrap(),
         bad_bytes
     );
     server.stop().await;

@@ -34,11 +34,21 @@ async fn a_chunk_of_exactly_8_mib_round_trips() {
     let mut client = server.client().await;
     let (id, bytes) = chunk(1, MAX_CHUNK_SIZE);
     assert!(
-        !client::write_chunk(&mut client, id, bytes.clone())
-            .await
-            .unwrap()
+        !client::write_chunk(
+            &mut client,
+            id,
+            bytes.clone(),
+            &tonic::metadata::MetadataMap::new()
+        )
+        .await
+        .unwrap()
     );
-    assert_eq!(client::read_chunk(&mut client, id).await.unwrap(), bytes);
+    assert_eq!(
+        client::read_chunk(&mut client, id, &tonic::metadata::MetadataMap::new())
+            .await
+            .unwrap(),
+        bytes
+    );
     server.stop().await;
 }
 
@@ -48,11 +58,20 @@ async fn writing_a_stored_chunk_again_reports_already_present() {
     let mut client = server.client().await;
     let (id, bytes) = chunk(2, 100_000);
     assert!(
-        !client::write_chunk(&mut client, id, bytes.clone())
+        !client::write_chunk(
+            &mut client,
+            id,
+            bytes.clone(),
+            &tonic::metadata::MetadataMap::new()
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        client::write_chunk(&mut client, id, bytes, &tonic::metadata::MetadataMap::new())
             .await
             .unwrap()
     );
-    assert!(client::write_chunk(&mut client, id, bytes).await.unwrap());
     assert_eq!(server.store.stats().chunk_count, 1);
     server.stop().await;
 }
@@ -183,7 +202,9 @@ async fn a_stream_that_ends_early_stores_nothing() {
     );
     assert_eq!(has(&mut client, &[id]).await, [false]);
     assert!(
-        !client::write_chunk(&mut client, id, bytes).await.unwrap(),
+        !client::write_chunk(&mut client, id, bytes, &tonic::metadata::MetadataMap::new())
+            .await
+            .unwrap(),
         "was stored before"
     );
     server.stop().await;
@@ -218,7 +239,9 @@ async fn a_client_that_vanishes_mid_write_leaves_nothing_stored() {
     let mut client = server.client().await;
     assert_eq!(has(&mut client, &[id]).await, [false]);
     assert!(
-        !client::write_chunk(&mut client, id, bytes).await.unwrap(),
+        !client::write_chunk(&mut client, id, bytes, &tonic::metadata::MetadataMap::new())
+            .await
+            .unwrap(),
         "was stored before"
     );
     server.stop().await;
@@ -230,12 +253,22 @@ async fn a_full_store_refuses_with_resource_exhausted_and_stores_nothing() {
     let mut client = server.client().await;
     let (fits, fits_bytes) = chunk(10, 700 << 10);
     let (too_much, too_much_bytes) = chunk(11, 700 << 10);
-    client::write_chunk(&mut client, fits, fits_bytes)
-        .await
-        .unwrap();
-    let err = client::write_chunk(&mut client, too_much, too_much_bytes)
-        .await
-        .unwrap_err();
+    client::write_chunk(
+        &mut client,
+        fits,
+        fits_bytes,
+        &tonic::metadata::MetadataMap::new(),
+    )
+    .await
+    .unwrap();
+    let err = client::write_chunk(
+        &mut client,
+        too_much,
+        too_much_bytes,
+        &tonic::metadata::MetadataMap::new(),
+    )
+    .await
+    .unwrap_err();
     let client::ClientError::Status(status) = err else {
         panic!("{err}")
     };
@@ -254,7 +287,9 @@ async fn delete_removes_a_chunk_unless_it_is_younger_than_asked() {
     let server = start(None).await;
     let mut client = server.client().await;
     let (id, bytes) = chunk(12, 1000);
-    client::write_chunk(&mut client, id, bytes).await.unwrap();
+    client::write_chunk(&mut client, id, bytes, &tonic::metadata::MetadataMap::new())
+        .await
+        .unwrap();
     let hour = 3_600_000;
     let kept = client
         .delete_chunk(DeleteChunkRequest {
@@ -292,7 +327,9 @@ async fn a_delete_from_a_controller_that_has_not_seen_this_servers_cluster_is_re
     let server = start(None).await;
     let mut client = server.client().await;
     let (id, bytes) = chunk(13, 1000);
-    client::write_chunk(&mut client, id, bytes).await.unwrap();
+    client::write_chunk(&mut client, id, bytes, &tonic::metadata::MetadataMap::new())
+        .await
+        .unwrap();
     // A new or wiped controller knows only its own store; one that merged with the cluster
     // knows ours too.
     for lineage in [vec![], vec!["fresh".to_owned()]] {
@@ -329,7 +366,9 @@ async fn has_chunks_with_touch_keeps_a_chunk_from_an_old_write_young() {
     let server = start(None).await;
     let mut client = server.client().await;
     let (id, bytes) = chunk(14, 1000);
-    client::write_chunk(&mut client, id, bytes).await.unwrap();
+    client::write_chunk(&mut client, id, bytes, &tonic::metadata::MetadataMap::new())
+        .await
+        .unwrap();
     let written = server.store.info(&id).unwrap().unwrap().stored_at_ms;
     tokio::time::sleep(Duration::from_millis(20)).await;
     let absent = ChunkId::of(b"absent");

@@ -225,7 +225,9 @@ async fn write(client: &mut ChunkClient, seeds: std::ops::Range<u64>) -> Vec<Chu
     let mut written = Vec::new();
     for seed in seeds {
         let (id, bytes) = chunk(seed, 1000 + seed as usize);
-        client::write_chunk(client, id, bytes).await.unwrap();
+        client::write_chunk(client, id, bytes, &tonic::metadata::MetadataMap::new())
+            .await
+            .unwrap();
         written.push(id);
     }
     written
@@ -271,6 +273,7 @@ async fn the_first_heartbeat_after_a_restart_reports_identity_totals_and_digest_
     config.capacity = Some(10 << 20);
     config.scrub_rate = 0;
     config.heartbeat_interval = INTERVAL;
+    config.insecure = true;
 
     // First life: no controllers; three chunks stored.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

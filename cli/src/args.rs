@@ -21,6 +21,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Where `redcloud dev` keeps its cluster secret (under its default data directory).
+pub const DEV_SECRET_FILE: &str = "./redcloud-data/cluster.secret";
+
 #[derive(Debug, Clone, Args)]
 pub struct Global {
     /// Controller to talk to (host:port); repeatable or comma-separated; tried in order.
@@ -31,6 +34,11 @@ pub struct Global {
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The cluster secret (`redcloud secret` makes one): controllers and chunkservers need
+    /// it; the CLI needs it for operator commands (drain, undrain, forget-controller,
+    /// set-replication). Default for the CLI: the dev cluster's, when present.
+    #[arg(long, global = true, env = "REDCLOUD_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,6 +115,12 @@ pub enum Command {
     },
     /// Change the cluster's replication policy: `all` or a number of copies.
     SetReplication { policy: String },
+    /// Print a new random cluster secret (or write it to a new file only you can read).
+    Secret {
+        /// Write it here (created with mode 0600; never overwrites) instead of printing it.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Interactive shell with the same commands.
     Shell,
     /// Print shell completions.
@@ -120,6 +134,24 @@ pub enum Command {
 }
 
 impl Global {
+    /// The cluster secret from `--secret-file`/`$REDCLOUD_SECRET_FILE`, if given.
+    pub fn secret(&self) -> anyhow::Result<Option<redcloud_proto::trust::ClusterSecret>> {
+        self.secret_file
+            .as_deref()
+            .map(redcloud_proto::trust::ClusterSecret::load)
+            .transpose()
+            .map_err(anyhow::Error::from)
+    }
+
+    /// The secret for operator commands: the given one, else the dev cluster's if present.
+    pub fn admin_secret(&self) -> Option<redcloud_proto::trust::ClusterSecret> {
+        let path = self
+            .secret_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEV_SECRET_FILE));
+        redcloud_proto::trust::ClusterSecret::load(&path).ok()
+    }
+
     /// The controllers a client tries: flags, then `$REDCLOUD_CONTROLLERS`, then the dev
     /// cluster's defaults.
     pub fn client_controllers(&self) -> Vec<String> {
@@ -201,6 +233,9 @@ pub struct ChunkserverArgs {
     /// Scrub rate in bytes per second (0 disables the scrubber).
     #[arg(long, default_value_t = 32 << 20)]
     pub scrub_rate: u64,
+    /// Run without a cluster secret: every caller is let in (development only).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -259,6 +294,9 @@ pub struct ControllerArgs {
     /// Test only: shift this controller's wall clock by this many milliseconds.
     #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
     pub clock_offset_ms: i64,
+    /// Run without a cluster secret: every caller is let in (development only).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[cfg(test)]

@@ -335,6 +335,7 @@ pub async fn run(cx: &mut ClientContext, command: Command) -> Result<()> {
         Command::Shell
         | Command::Completions { .. }
         | Command::Dev(_)
+        | Command::Secret { .. }
         | Command::Chunkserver(_)
         | Command::Controller(_) => bail!("not a client command"),
     }

@@ -4,10 +4,16 @@
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 
+use redcloud_proto::trust::ClusterSecret;
+
 use crate::args::{ChunkserverArgs, ControllerArgs};
 
 /// `redcloud chunkserver`.
-pub async fn run_chunkserver(a: ChunkserverArgs, controllers: Vec<String>) -> Result<()> {
+pub async fn run_chunkserver(
+    a: ChunkserverArgs,
+    controllers: Vec<String>,
+    secret: Option<ClusterSecret>,
+) -> Result<()> {
     let listener = TcpListener::bind(&a.listen)
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
@@ -19,12 +25,14 @@ pub async fn run_chunkserver(a: ChunkserverArgs, controllers: Vec<String>) -> Re
     config.zone = a.zone;
     config.capacity = a.capacity;
     config.scrub_rate = a.scrub_rate;
+    config.secret = secret;
+    config.insecure = a.insecure;
     tracing::info!(listen = %local, data = %a.data.display(), "chunkserver starting");
     redcloud_chunk::run(config, listener, shutdown_signal()).await
 }
 
 /// `redcloud controller`.
-pub async fn run_controller(a: ControllerArgs) -> Result<()> {
+pub async fn run_controller(a: ControllerArgs, secret: Option<ClusterSecret>) -> Result<()> {
     let listener = TcpListener::bind(&a.listen)
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
@@ -44,6 +52,8 @@ pub async fn run_controller(a: ControllerArgs) -> Result<()> {
         gc_grace_ms: a.gc_grace_ms,
         max_clock_skew_ms: a.max_clock_skew_ms,
         clock_offset_ms: a.clock_offset_ms,
+        secret,
+        insecure: a.insecure,
         ..redcloud_meta::node::ControllerConfig::default()
     };
     redcloud_meta::node::run(config, listener, shutdown_signal()).await

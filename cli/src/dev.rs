@@ -76,6 +76,12 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let logs = args.data.join("logs");
     fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let exe = std::env::current_exe().context("cannot find the redcloud binary")?;
+    // The dev cluster runs with security on: one secret for all its nodes, kept in its data
+    // directory (the CLI finds it there for operator commands).
+    let secret_file = args.data.join("cluster.secret");
+    if !secret_file.exists() {
+        redcloud_proto::trust::ClusterSecret::generate()?.write_new(&secret_file)?;
+    }
     let mut nodes = Vec::new();
     let started = start_all(&exe, &args.data, &logs, &layout, &mut nodes).await;
     if let Err(e) = started {
@@ -138,6 +144,8 @@ async fn start_all(
             "--metrics-listen".into(),
             layout.controller_metrics(i),
             "--no-mdns".into(),
+            "--secret-file".into(),
+            path_arg(&data.join("cluster.secret")),
         ];
         for j in (0..layout.controllers).filter(|j| *j != i) {
             args.push("--bootstrap".into());
@@ -161,6 +169,8 @@ async fn start_all(
             layout.chunkserver(i),
             "--controller".into(),
             all_controllers.join(","),
+            "--secret-file".into(),
+            path_arg(&data.join("cluster.secret")),
         ];
         nodes.push(spawn(
             exe,

@@ -46,8 +46,22 @@ pub fn main_entry() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Controller(a) => daemon::run_controller(a).await,
-        Command::Chunkserver(a) => daemon::run_chunkserver(a, cli.global.controllers).await,
+        Command::Controller(a) => daemon::run_controller(a, cli.global.secret()?).await,
+        Command::Chunkserver(a) => {
+            let secret = cli.global.secret()?;
+            daemon::run_chunkserver(a, cli.global.controllers, secret).await
+        }
+        Command::Secret { output } => {
+            let secret = redcloud_proto::trust::ClusterSecret::generate()?;
+            match output {
+                Some(path) => {
+                    secret.write_new(&path)?;
+                    eprintln!("wrote a new cluster secret to {}", path.display());
+                }
+                None => println!("{}", secret.to_text()),
+            }
+            Ok(())
+        }
         Command::Dev(a) => dev::run(a).await,
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -70,8 +84,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn context(global: &args::Global) -> commands::ClientContext {
+    let mut controllers = client::connect::Controllers::new(global.client_controllers());
+    if let Some(secret) = global.admin_secret() {
+        controllers = controllers.with_admin_secret(&secret);
+    }
     commands::ClientContext {
-        controllers: client::connect::Controllers::new(global.client_controllers()),
+        controllers,
         json: global.json,
     }
 }

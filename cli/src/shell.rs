@@ -142,6 +142,7 @@ pub async fn run(cx: &mut ClientContext) -> Result<()> {
                 | Command::Dev(_)
                 | Command::Controller(_)
                 | Command::Chunkserver(_)
+                | Command::Secret { .. }
                 | Command::Completions { .. } => {
                     eprintln!("error: that command is not available inside the shell");
                 }

@@ -329,7 +329,10 @@ async fn gc_deletes_orphans_but_never_a_chunk_of_a_retained_version() {
         async move {
             put(&addrs, &token, &dir, &format!("during-{n}"), &bytes).await;
             let present = cc
-                .has_chunks(redcloud_proto::chunk::HasChunksRequest { ids, touch: false })
+                .has_chunks(node_request(redcloud_proto::chunk::HasChunksRequest {
+                    ids,
+                    touch: false,
+                }))
                 .await
                 .unwrap()
                 .into_inner()
@@ -340,10 +343,10 @@ async fn gc_deletes_orphans_but_never_a_chunk_of_a_retained_version() {
     .await;
     eprintln!("orphans collected {gone:?} after the delete");
     let present = chunk_client
-        .has_chunks(redcloud_proto::chunk::HasChunksRequest {
+        .has_chunks(node_request(redcloud_proto::chunk::HasChunksRequest {
             ids: keep_chunks.iter().cloned().collect(),
             touch: false,
-        })
+        }))
         .await
         .unwrap()
         .into_inner()
@@ -519,11 +522,7 @@ async fn draining_a_chunkserver_moves_its_chunks_then_removes_it() {
         .find(|cs| cs.chunks > 0)
         .expect("some server holds chunks")
         .clone();
-    let mut admin = redcloud_proto::controller::admin_service_client::AdminServiceClient::connect(
-        format!("http://{}", c.addr),
-    )
-    .await
-    .unwrap();
+    let mut admin = admin(&c.addr).await;
     let err = admin
         .drain(pb::DrainRequest {
             chunkserver_id: "no-such-server".into(),

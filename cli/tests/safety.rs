@@ -15,19 +15,12 @@ use redcloud::client::authed;
 use redcloud::client::connect::Controllers;
 use redcloud::client::upload::{UploadOptions, upload_with};
 use redcloud_proto::controller as pb;
-use redcloud_proto::controller::admin_service_client::AdminServiceClient;
 use tonic::Code;
 
 use common::bytes as data;
 use inproc::*;
 
 const DAY_MS: u64 = 24 * 3600 * 1000;
-
-async fn admin(addr: &str) -> AdminServiceClient<tonic::transport::Channel> {
-    AdminServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap()
-}
 
 fn port_of(addr: &str) -> u16 {
     addr.rsplit(':').next().unwrap().parse().unwrap()
@@ -69,10 +62,10 @@ where
 
 async fn present(addr: &str, ids: &[Bytes]) -> Vec<bool> {
     let mut c = redcloud_chunk::client::connect(addr).await.unwrap();
-    c.has_chunks(redcloud_proto::chunk::HasChunksRequest {
+    c.has_chunks(node_request(redcloud_proto::chunk::HasChunksRequest {
         ids: ids.to_vec(),
         touch: false,
-    })
+    }))
     .await
     .unwrap()
     .into_inner()
@@ -552,6 +545,7 @@ async fn cluster_settings_survive_restarts_with_other_flags() {
         p2p_listen: "/ip4/127.0.0.1/tcp/0".into(),
         mdns: false,
         shards: Some(8),
+        secret: Some(test_secret()),
         ..Default::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -97,6 +97,8 @@ pub struct Tokens {
     signing: crate::cluster::Secret,
     known: parking_lot::RwLock<Vec<crate::cluster::Secret>>,
     ttl_ms: u64,
+    /// The key derives from the cluster secret: no key is ever read from the documents.
+    fixed: bool,
 }
 
 impl Tokens {
@@ -109,6 +111,22 @@ impl Tokens {
             signing,
             known: parking_lot::RwLock::new(known),
             ttl_ms,
+            fixed: false,
+        }
+    }
+
+    /// Tokens signed with the key derived from the cluster secret: the same on every
+    /// controller, and never stored in or read from the replicated documents.
+    pub fn from_cluster_secret(secret: &redcloud_proto::trust::ClusterSecret, ttl_ms: u64) -> Self {
+        let key = crate::cluster::Secret {
+            id: "cluster".into(),
+            key: secret.token_key(),
+        };
+        Tokens {
+            signing: key.clone(),
+            known: parking_lot::RwLock::new(vec![key]),
+            ttl_ms,
+            fixed: true,
         }
     }
 
@@ -131,6 +149,9 @@ impl Tokens {
 
     /// Replaces the known keys (after reading the cluster document again).
     pub fn refresh(&self, known: Vec<crate::cluster::Secret>) {
+        if self.fixed {
+            return;
+        }
         *self.known.write() = known;
     }
 }

@@ -615,6 +615,33 @@ impl MetaStore {
         Ok(out)
     }
 
+    /// Which of `candidates` some version of `owner` references: the chunks an upload by
+    /// `owner` may skip without learning anything about other users' data.
+    pub fn owner_references(
+        &self,
+        owner: &str,
+        candidates: &std::collections::HashSet<ChunkHash>,
+    ) -> Result<std::collections::HashSet<ChunkHash>, MetaError> {
+        names::validate_user(owner)?;
+        let mut out = std::collections::HashSet::new();
+        for id in self.file_docs() {
+            let doc = self.doc(id)?;
+            for item in doc.am.map_range(doc.map("versions"), prefix_range(owner)) {
+                let bytes = match &item.value {
+                    automerge::ValueRef::Scalar(automerge::ScalarValueRef::Bytes(b)) => b,
+                    _ => return Err(corrupt(id, &item.key, "not bytes")),
+                };
+                let rec = VersionRecord::decode(bytes).map_err(|e| corrupt(id, &item.key, e))?;
+                for c in rec.chunks {
+                    if candidates.contains(&c.hash) {
+                        out.insert(c.hash);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Number of live files, all owners.
     pub fn file_count(&self) -> Result<usize, MetaError> {
         let mut n = 0;

@@ -75,6 +75,11 @@ pub struct ControllerConfig {
     pub max_clock_skew_ms: u64,
     /// Test only: shift this process's wall clock.
     pub clock_offset_ms: i64,
+    /// The cluster secret (`--secret-file`): credentials, grants, token keys and the p2p
+    /// network key derive from it.
+    pub secret: Option<redcloud_proto::trust::ClusterSecret>,
+    /// Run without a secret: everyone is let in. Flagged in the logs and `status`.
+    pub insecure: bool,
 }
 
 impl Default for ControllerConfig {
@@ -99,6 +104,8 @@ impl Default for ControllerConfig {
             token_ttl_ms: 7 * 24 * 3600 * 1000,
             max_clock_skew_ms: clock::DEFAULT_MAX_SKEW_MS,
             clock_offset_ms: 0,
+            secret: None,
+            insecure: false,
         }
     }
 }
@@ -106,6 +113,13 @@ impl Default for ControllerConfig {
 impl ControllerConfig {
     /// Checks every field; the error names the bad one.
     pub fn validate(&self) -> Result<()> {
+        if self.secret.is_none() && !self.insecure {
+            bail!(
+                "secret: no cluster secret: make one with `redcloud secret > FILE` (chmod \
+                 600), pass --secret-file FILE (or set $REDCLOUD_SECRET_FILE), or start with \
+                 --insecure"
+            );
+        }
         if self.write_quorum == 0 {
             bail!("write_quorum: must be at least 1");
         }
@@ -215,7 +229,10 @@ pub async fn open_store(config: &ControllerConfig, clock: &NodeClock) -> Result<
     {
         store.set_trash_retention(ms, now)?;
     }
-    store.ensure_secret(now)?;
+    if config.secret.is_none() {
+        // Insecure mode only: token keys live in the cluster document.
+        store.ensure_secret(now)?;
+    }
     Ok(OpenedStore {
         store,
         keypair,
@@ -248,6 +265,8 @@ pub async fn start_network(
             .with_context(|| format!("p2p-listen: {:?} is not a multiaddr", config.p2p_listen))?,
     ];
     net_config.mdns = config.mdns;
+    // Only nodes holding the cluster secret can connect at all.
+    net_config.private_key = config.secret.as_ref().map(|s| s.p2p_key());
     net_config.bootstrap = if config.bootstrap.is_empty() {
         default_bootstrap().await
     } else {
@@ -295,6 +314,7 @@ pub fn components(
             write_quorum: config.write_quorum,
             hold_interval_ms: (config.gc_grace_ms / 4).max(100),
         },
+        gate: redcloud_proto::trust::Gate::new(config.secret.as_ref()),
     })
 }
 
@@ -349,6 +369,7 @@ pub async fn spawn_workers(
         live: parts.live.clone(),
         status: parts.repair.clone(),
         metrics: parts.metrics.clone(),
+        gate: parts.gate.clone(),
     };
     let repair_config = RepairConfig {
         interval: config.repair_interval,
@@ -371,6 +392,7 @@ pub async fn spawn_workers(
         live: parts.live.clone(),
         status: parts.gc.clone(),
         metrics: parts.metrics.clone(),
+        gate: parts.gate.clone(),
     };
     let gc_config = GcConfig {
         interval: config.gc_interval,
@@ -467,8 +489,17 @@ pub async fn start(config: ControllerConfig, listener: TcpListener) -> Result<Co
         .unwrap_or_else(|| advertised(grpc_addr));
     let (net, events) = start_network(&config, &mut opened, &address, &clock).await?;
     let store = &mut opened.store;
-    let (signing, _) = store.ensure_secret(clock.now_ms())?;
-    let tokens = Tokens::new(signing, store.secrets()?, config.token_ttl_ms);
+    let tokens = match &config.secret {
+        Some(secret) => Tokens::from_cluster_secret(secret, config.token_ttl_ms),
+        None => {
+            tracing::warn!(
+                "INSECURE: no cluster secret; internal and admin calls are not authenticated \
+                 and token keys travel in the cluster document"
+            );
+            let (signing, _) = store.ensure_secret(clock.now_ms())?;
+            Tokens::new(signing, store.secrets()?, config.token_ttl_ms)
+        }
+    };
     let members: HashMap<String, (String, String)> = store
         .chunkservers()?
         .into_iter()

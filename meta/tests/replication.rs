@@ -17,6 +17,10 @@ struct Node {
     _dir: TempDir,
 }
 
+fn test_secret() -> redcloud_proto::trust::ClusterSecret {
+    redcloud_proto::trust::ClusterSecret::from_bytes([9; 32])
+}
+
 async fn start(bootstrap: Vec<String>) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = ControllerConfig {
@@ -26,6 +30,7 @@ async fn start(bootstrap: Vec<String>) -> Node {
         bootstrap,
         mdns: false,
         sync_interval: Duration::from_millis(300),
+        secret: Some(test_secret()),
         ..ControllerConfig::default()
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -305,9 +310,11 @@ async fn a_change_larger_than_a_gossip_message_still_arrives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_sending_garbage_is_rejected_and_the_rest_keep_working() {
     let nodes = cluster(2).await;
-    // A hostile node of the same cluster, speaking the protocols with random bytes.
+    // A hostile node of the same cluster (it holds the secret: a compromised insider),
+    // speaking the protocols with random bytes.
     let key = redcloud_p2p::Keypair::generate_ed25519();
     let mut cfg = redcloud_p2p::Config::new(node::network_name("test", 16), key);
+    cfg.private_key = Some(test_secret().p2p_key());
     cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")];
     cfg.bootstrap = vec![nodes[0].p2p.clone()];
     cfg.mdns = false;

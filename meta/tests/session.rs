@@ -53,7 +53,10 @@ fn a_lost_message_at_any_position_does_not_wedge_the_next_session() {
         if end != SessionEnd::Aborted {
             // Fresh replicas get fresh actor ids, so Automerge's bloom filters may settle in
             // fewer rounds than the first run took: this session ended before message `lost`.
-            assert!(sent <= lost, "message {lost} was lost, yet the session ended {end:?}");
+            assert!(
+                sent <= lost,
+                "message {lost} was lost, yet the session ended {end:?}"
+            );
             assert_eq!(a.digest(), b.digest(), "a complete session converges");
             continue;
         }

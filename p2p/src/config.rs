@@ -63,6 +63,10 @@ pub struct Config {
     pub kad_bootstrap_interval: Duration,
     /// How often DNS bootstrap names are resolved again (new hosts behind an alias).
     pub dns_refresh: Duration,
+    /// Pre-shared key of a private network: every connection first proves it (libp2p pnet),
+    /// so a peer without the key cannot even complete the transport handshake. `None`: an
+    /// open network.
+    pub private_key: Option<[u8; 32]>,
 }
 
 impl Config {
@@ -87,6 +91,7 @@ impl Config {
             ping_timeout: Duration::from_secs(10),
             kad_bootstrap_interval: Duration::from_secs(30),
             dns_refresh: Duration::from_secs(30),
+            private_key: None,
         }
     }
 

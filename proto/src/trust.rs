@@ -293,6 +293,17 @@ impl Gate {
     }
 }
 
+/// The metadata carrying `grant` (empty for an empty grant: insecure clusters give none).
+pub fn grant_metadata(grant: &str) -> tonic::metadata::MetadataMap {
+    let mut md = tonic::metadata::MetadataMap::new();
+    if !grant.is_empty()
+        && let Ok(v) = grant.parse()
+    {
+        md.insert(GRANT_HEADER, v);
+    }
+    md
+}
+
 /// What a grant allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {

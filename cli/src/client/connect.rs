@@ -22,7 +22,39 @@ pub struct Controllers {
     /// Index of the controller that answered last.
     current: usize,
     channel: Option<Channel>,
+    /// Sent with every operator call (see `redcloud_proto::trust`).
+    admin: tonic::metadata::MetadataMap,
 }
+
+/// The admin credential on every call of an [`AdminServiceClient`].
+#[derive(Clone, Debug)]
+pub struct AdminCredential(tonic::metadata::MetadataMap);
+
+impl AdminCredential {
+    /// The admin credential derived from `secret`.
+    pub fn new(secret: &redcloud_proto::trust::ClusterSecret) -> Self {
+        let mut md = tonic::metadata::MetadataMap::new();
+        if let Ok(v) = secret.admin_credential().parse() {
+            md.insert(redcloud_proto::trust::ADMIN_HEADER, v);
+        }
+        AdminCredential(md)
+    }
+}
+
+impl tonic::service::Interceptor for AdminCredential {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        for kv in self.0.iter() {
+            if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
+                req.metadata_mut().insert(k.clone(), v.clone());
+            }
+        }
+        Ok(req)
+    }
+}
+
+/// The operator API's client type.
+pub type AdminClient =
+    AdminServiceClient<tonic::service::interceptor::InterceptedService<Channel, AdminCredential>>;
 
 impl Controllers {
     pub fn new(addresses: Vec<String>) -> Self {
@@ -30,7 +62,14 @@ impl Controllers {
             addresses,
             current: 0,
             channel: None,
+            admin: tonic::metadata::MetadataMap::new(),
         }
+    }
+
+    /// Operator calls carry the admin credential derived from `secret`.
+    pub fn with_admin_secret(mut self, secret: &redcloud_proto::trust::ClusterSecret) -> Self {
+        self.admin = AdminCredential::new(secret).0;
+        self
     }
 
     /// The configured controller addresses, in order.
@@ -51,13 +90,22 @@ impl Controllers {
     /// [`Controllers::call`] for the operator API.
     pub async fn admin<T, F, Fut>(&mut self, call: F) -> Result<T>
     where
-        F: FnMut(AdminServiceClient<Channel>) -> Fut,
+        F: FnMut(AdminClient) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
-        self.call_with(AdminServiceClient::new, call).await
+        let credential = AdminCredential(self.admin.clone());
+        self.call_with(
+            move |ch| AdminServiceClient::with_interceptor(ch, credential.clone()),
+            call,
+        )
+        .await
     }
 
-    async fn call_with<C, T, F, Fut>(&mut self, make: fn(Channel) -> C, mut call: F) -> Result<T>
+    async fn call_with<C, T, F, Fut>(
+        &mut self,
+        make: impl Fn(Channel) -> C,
+        mut call: F,
+    ) -> Result<T>
     where
         F: FnMut(C) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,

@@ -132,10 +132,11 @@ async fn fetch(pool: &ChunkPool, loc: &ChunkLocation) -> Result<bytes::Bytes> {
     let id =
         ChunkId::from_slice(&loc.id).map_err(|e| anyhow!("controller sent a bad chunk id: {e}"))?;
     let mut errors = Vec::new();
+    let credential = redcloud_proto::trust::grant_metadata(&loc.grant);
     for addr in &loc.addresses {
         let result = async {
             let mut c = pool.get(addr).await?;
-            client::read_chunk(&mut c, id).await
+            client::read_chunk(&mut c, id, &credential).await
         }
         .await;
         match result {

@@ -266,7 +266,16 @@ async fn write_all(
                 tokio::task::spawn_blocking(move || chunking::read_span(&file, &span, &path))
                     .await
                     .context("read task failed")??;
-            write_replicas(&pool, span.id, Bytes::from(data), &plan.targets, quorum).await?;
+            let credential = redcloud_proto::trust::grant_metadata(&plan.grant);
+            write_replicas(
+                &pool,
+                span.id,
+                Bytes::from(data),
+                &plan.targets,
+                quorum,
+                &credential,
+            )
+            .await?;
             bar.inc(span.len);
             Ok::<_, anyhow::Error>(())
         }
@@ -331,6 +340,7 @@ async fn write_replicas(
     data: Bytes,
     targets: &[String],
     quorum: usize,
+    credential: &tonic::metadata::MetadataMap,
 ) -> Result<()> {
     let id = ChunkId(id);
     let write_one = |addr: String| {
@@ -338,7 +348,7 @@ async fn write_replicas(
         async move {
             let result = async {
                 let mut c = pool.get(&addr).await?;
-                client::write_chunk(&mut c, id, data).await
+                client::write_chunk(&mut c, id, data, credential).await
             }
             .await;
             if result.is_err() {

@@ -37,6 +37,20 @@ pub fn free_base(count: u16) -> u16 {
     panic!("no free port range found");
 }
 
+/// The cluster secret's file name in a test cluster's directory.
+pub const SECRET_FILE: &str = "cluster.secret";
+
+/// Writes a new cluster secret into `dir` (mode 0600).
+pub fn write_secret(dir: &Path) -> PathBuf {
+    let path = dir.join(SECRET_FILE);
+    if !path.exists() {
+        redcloud_proto::trust::ClusterSecret::generate()
+            .and_then(|s| s.write_new(&path))
+            .expect("write the cluster secret");
+    }
+    path
+}
+
 pub struct Proc {
     pub name: String,
     pub child: Option<Child>,
@@ -52,8 +66,10 @@ impl Proc {
             .open(&log)
             .expect("log file");
         let err = out.try_clone().expect("log file");
+        // Every node of a test cluster reads the cluster's secret, kept beside its logs.
         let child = Command::new(BIN)
             .args(&args)
+            .env("REDCLOUD_SECRET_FILE", log.with_file_name(SECRET_FILE))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out)
@@ -138,6 +154,7 @@ impl Cluster {
     pub fn start(nc: usize, ns: usize) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = free_base(nc.max(ns) as u16 + 1);
+        write_secret(dir.path());
         let mut c = Cluster {
             dir,
             base,
@@ -269,8 +286,10 @@ pub struct Client {
 impl Client {
     /// Runs `redcloud ARGS` with `stdin` and returns its output.
     pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        let secret = self.home.parent().map(|d| d.join(SECRET_FILE));
         let mut child = Command::new(BIN)
             .args(args)
+            .envs(secret.map(|s| ("REDCLOUD_SECRET_FILE", s)))
             .env("REDCLOUD_HOME", &self.home)
             .env("REDCLOUD_CONTROLLERS", &self.controllers)
             .stdin(Stdio::piped())

@@ -17,6 +17,29 @@ use tokio::sync::oneshot;
 
 pub const LIMIT: Duration = Duration::from_secs(60);
 
+/// The secret of every in-process test cluster: security is on, as for users.
+pub fn test_secret() -> redcloud_proto::trust::ClusterSecret {
+    redcloud_proto::trust::ClusterSecret::from_bytes([42; 32])
+}
+
+/// `msg` with the node credential of the test clusters (for calls to chunkservers).
+pub fn node_request<T>(msg: T) -> tonic::Request<T> {
+    redcloud_proto::trust::Gate::new(Some(&test_secret())).node_request(msg)
+}
+
+/// An operator client of the controller at `addr`, with the admin credential.
+pub async fn admin(addr: &str) -> redcloud::client::connect::AdminClient {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    redcloud_proto::controller::admin_service_client::AdminServiceClient::with_interceptor(
+        channel,
+        redcloud::client::connect::AdminCredential::new(&test_secret()),
+    )
+}
+
 pub struct Chunkserver {
     pub addr: String,
     pub dir: tempfile::TempDir,
@@ -44,6 +67,7 @@ impl Chunkserver {
         config.controllers = controllers.to_vec();
         config.heartbeat_interval = Duration::from_millis(200);
         config.scrub_rate = 0;
+        config.secret = Some(test_secret());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(redcloud_chunk::run(config, listener, async {
             let _ = rx.await;
@@ -96,6 +120,7 @@ pub async fn controller_in(
         heartbeat_timeout_ms: 1_500,
         sync_interval: Duration::from_millis(300),
         repair_interval: Duration::from_millis(200),
+        secret: Some(test_secret()),
         ..Default::default()
     };
     tweak(&mut config);

@@ -31,6 +31,11 @@ impl Client {
             .args(["--controller", &self.controllers.join(",")])
             .args(args)
             .env("REDCLOUD_HOME", &self.home)
+            .envs(
+                self.home
+                    .parent()
+                    .map(|d| ("REDCLOUD_SECRET_FILE", d.join("cluster.secret"))),
+            )
             .env_remove("REDCLOUD_CONTROLLERS")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -144,6 +144,10 @@ impl Node {
         let child = Command::new("ip")
             .args(["netns", "exec", ns, BIN])
             .args(&self.args)
+            .env(
+                "REDCLOUD_SECRET_FILE",
+                self.log.with_file_name("cluster.secret"),
+            )
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out)
@@ -210,6 +214,10 @@ impl Lab {
             started: Instant::now(),
             _serial: serial,
         };
+        let secret = lab.dir().join("cluster.secret");
+        redcloud_proto::trust::ClusterSecret::generate()
+            .and_then(|s| s.write_new(&secret))
+            .expect("write the lab's cluster secret");
         let out = lab.script(&["up", &hosts.to_string()]);
         assert!(
             out.status.success(),

@@ -82,6 +82,7 @@ pub struct RepairParts {
     pub live: Arc<LiveSet>,
     pub status: Arc<RepairStatus>,
     pub metrics: Arc<Metrics>,
+    pub gate: redcloud_proto::trust::Gate,
 }
 
 /// Per-chunk retry state after a failed copy.
@@ -252,7 +253,7 @@ impl Worker {
                 address: address.clone(),
             }];
             for batch in chunks.chunks(crate::service::MAX_CHUNKS_PER_CALL) {
-                let found = confirm::confirm_copies(&target, batch, false).await;
+                let found = confirm::confirm_copies(&self.parts.gate, &target, batch, false).await;
                 if let Some(c) = batch.iter().find(|c| !found.contains_key(*c)) {
                     return Err(format!("{server} did not confirm chunk {}", hex::encode(c)));
                 }
@@ -298,8 +299,9 @@ impl Worker {
             st.in_flight.add(1);
             let (target, source) = (target.clone(), source.clone());
             let timeout = self.config.copy_timeout;
+            let gate = self.parts.gate.clone();
             self.tasks.spawn(async move {
-                let r = tokio::time::timeout(timeout, copy(&target, &source, &order.chunk))
+                let r = tokio::time::timeout(timeout, copy(&gate, &target, &source, &order.chunk))
                     .await
                     .unwrap_or_else(|_| Err("copy timed out".into()));
                 (order, r)
@@ -347,8 +349,13 @@ impl Worker {
 }
 
 /// Orders `target` to pull `chunk` from `source`.
-async fn copy(target: &str, source: &str, chunk: &ChunkHash) -> Result<(), String> {
-    let mut client = crate::chunk_client::connect(target)
+async fn copy(
+    gate: &redcloud_proto::trust::Gate,
+    target: &str,
+    source: &str,
+    chunk: &ChunkHash,
+) -> Result<(), String> {
+    let mut client = crate::chunk_client::connect(target, gate)
         .await
         .map_err(|e| format!("cannot reach {target}: {e}"))?;
     client

@@ -43,6 +43,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
+        self.parts.gate.require_admin(req.metadata())?;
         let id = req.into_inner().chunkserver_id;
         tracing::info!(chunkserver = %id, "drain requested");
         self.set_state(id, ChunkserverState::Draining).await?;
@@ -53,6 +54,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::UndrainRequest>,
     ) -> Result<Response<pb::UndrainResponse>, Status> {
+        self.parts.gate.require_admin(req.metadata())?;
         let id = req.into_inner().chunkserver_id;
         tracing::info!(chunkserver = %id, "undrain requested");
         self.set_state(id, ChunkserverState::Active).await?;
@@ -63,6 +65,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::ForgetControllerRequest>,
     ) -> Result<Response<pb::ForgetControllerResponse>, Status> {
+        self.parts.gate.require_admin(req.metadata())?;
         let id = req.into_inner().controller_id;
         if self.parts.peers.is_connected(&id) {
             return Err(Status::failed_precondition(format!(
@@ -86,6 +89,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::SetReplicationRequest>,
     ) -> Result<Response<pb::SetReplicationResponse>, Status> {
+        self.parts.gate.require_admin(req.metadata())?;
         let text = req.into_inner().policy;
         let policy: ReplicationPolicy = text
             .parse()

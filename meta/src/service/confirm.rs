@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use redcloud_proto::trust::Gate;
 
 use crate::directory::Target;
 use crate::record::ChunkHash;
@@ -19,13 +20,15 @@ pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Copies confirmed per chunk (servers that answered yes), asking every server in `servers`
 /// at once. A server that fails or times out confirms nothing.
 pub async fn confirm_copies(
+    gate: &Gate,
     servers: &[Target],
     chunks: &[ChunkHash],
     touch: bool,
 ) -> HashMap<ChunkHash, Vec<String>> {
     let asks = servers.iter().map(|t| async move {
         let found =
-            tokio::time::timeout(CONFIRM_TIMEOUT, has_chunks(&t.address, chunks, touch)).await;
+            tokio::time::timeout(CONFIRM_TIMEOUT, has_chunks(gate, &t.address, chunks, touch))
+                .await;
         match found {
             Ok(Ok(present)) => Some((t.id.clone(), present)),
             Ok(Err(e)) => {
@@ -50,8 +53,13 @@ pub async fn confirm_copies(
 }
 
 /// Asks one chunkserver which of `ids` it holds.
-async fn has_chunks(addr: &str, ids: &[ChunkHash], touch: bool) -> anyhow::Result<Vec<bool>> {
-    let mut client = crate::chunk_client::connect(addr).await?;
+async fn has_chunks(
+    gate: &Gate,
+    addr: &str,
+    ids: &[ChunkHash],
+    touch: bool,
+) -> anyhow::Result<Vec<bool>> {
+    let mut client = crate::chunk_client::connect(addr, gate).await?;
     let req = redcloud_proto::chunk::HasChunksRequest {
         ids: ids.iter().map(|c| Bytes::copy_from_slice(c)).collect(),
         touch,

@@ -17,6 +17,7 @@ pub mod errors;
 pub mod registry_api;
 pub mod status;
 
+use redcloud_proto::trust::Access;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -55,6 +56,9 @@ pub struct ApiSettings {
 }
 
 /// The parts of one controller. Each part owns its state; the services hold them all, and
+/// How long a chunk grant from PlanUpload or Resolve stays valid.
+pub const GRANT_TTL_MS: u64 = 3_600_000;
+
 /// every background worker receives only the parts it uses.
 #[derive(Debug)]
 pub struct Components {
@@ -72,6 +76,8 @@ pub struct Components {
     pub metrics: Arc<Metrics>,
     pub workers: Arc<WorkerBoard>,
     pub settings: ApiSettings,
+    /// The credentials this controller checks and presents (open in insecure mode).
+    pub gate: redcloud_proto::trust::Gate,
 }
 
 /// The client API.
@@ -199,7 +205,7 @@ impl ControllerService for Api {
     ) -> Result<Response<pb::PlanUploadResponse>, Status> {
         let p = &self.parts;
         p.metrics.api_calls.inc();
-        p.user(&req).await?;
+        let user = p.user(&req).await?;
         let r = req.into_inner();
         if r.chunks.len() > MAX_CHUNKS_PER_CALL {
             return Err(invalid(
@@ -218,6 +224,21 @@ impl ControllerService for Api {
             return Err(Status::unavailable("no live chunkserver to upload to"));
         }
         let quorum = (p.settings.write_quorum as usize).min(targets.len());
+        // Deduplicate only against this user's own chunks: "already stored" must not tell a
+        // user that someone else holds content with a given hash.
+        let candidates: std::collections::HashSet<crate::record::ChunkHash> = r
+            .chunks
+            .iter()
+            .filter_map(|c| <[u8; 32]>::try_from(&c.id[..]).ok())
+            .collect();
+        let owned = if r.force {
+            Default::default()
+        } else {
+            let user = user.clone();
+            p.read(move |s| s.owner_references(&user, &candidates))
+                .await?
+        };
+        let grant_until = p.clock.now_ms().saturating_add(GRANT_TTL_MS);
         let mut plans = Vec::with_capacity(r.chunks.len());
         for c in &r.chunks {
             let h = chunk_hash(&c.id, "chunks.id")?;
@@ -230,12 +251,19 @@ impl ControllerService for Api {
             // Deduplicate only against chunks a retained version references and that have the
             // quorum's copies on active servers (an orphan may be collected before this upload
             // commits; the commit confirms the copies again with the servers themselves).
-            let exists =
-                !r.force && p.live.contains(&h) && p.directory.active_copies(&h, now) >= quorum;
+            let exists = !r.force
+                && owned.contains(&h)
+                && p.live.contains(&h)
+                && p.directory.active_copies(&h, now) >= quorum;
+            let grant = match p.gate.grant_key() {
+                Some(k) if !exists => k.sign(Access::Write, &h, grant_until),
+                _ => String::new(),
+            };
             plans.push(pb::ChunkPlan {
                 id: c.id.clone(),
                 exists,
                 targets: if exists { Vec::new() } else { targets.clone() },
+                grant,
             });
         }
         Ok(Response::new(pb::PlanUploadResponse {
@@ -302,7 +330,7 @@ impl ControllerService for Api {
             ));
         }
         let quorum = (p.settings.write_quorum as usize).min(active.len()).max(1);
-        let copies = confirm::confirm_copies(&active, &distinct, true).await;
+        let copies = confirm::confirm_copies(&p.gate, &active, &distinct, true).await;
         let count = |h: &ChunkHash| copies.get(h).map_or(0, Vec::len);
         for (h, servers) in &copies {
             for s in servers {
@@ -370,7 +398,7 @@ impl ControllerService for Api {
         let servers = p
             .directory
             .servers_in(p.clock.mono_ms(), &[Health::Active, Health::Draining]);
-        let copies = confirm::confirm_copies(&servers, &ids, true).await;
+        let copies = confirm::confirm_copies(&p.gate, &servers, &ids, true).await;
         Ok(Response::new(pb::HoldChunksResponse {
             held: copies.len() as u32,
         }))
@@ -425,12 +453,18 @@ impl ControllerService for Api {
         let (file, chunks) =
             found.ok_or_else(|| Status::not_found(format!("file {name:?} not found")))?;
         let now = p.clock.mono_ms();
+        let grant_until = p.clock.now_ms().saturating_add(GRANT_TTL_MS);
         let locations = chunks
             .iter()
             .map(|c| pb::ChunkLocation {
                 id: Bytes::copy_from_slice(&c.hash),
                 size: c.len,
                 addresses: p.directory.read_locations(&c.hash, now),
+                grant: p
+                    .gate
+                    .grant_key()
+                    .map(|k| k.sign(Access::Read, &c.hash, grant_until))
+                    .unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(pb::ResolveResponse {

@@ -83,6 +83,7 @@ impl RegistryService for RegistryApi {
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let p = &self.parts;
+        p.gate.require_node(req.metadata())?;
         p.metrics.heartbeats.inc();
         let r = req.into_inner();
         check_sizes(&r)?;
@@ -155,7 +156,7 @@ impl RegistryService for RegistryApi {
 
 /// Replaces the directory's view of one server's inventory with a full listing.
 async fn pull_inventory(parts: Arc<Components>, id: String, address: String) {
-    let inventory = match list_all(&address).await {
+    let inventory = match list_all(&parts.gate, &address).await {
         Ok(ids) => {
             parts.metrics.inventory_pulls.inc();
             Some(ids)
@@ -168,8 +169,11 @@ async fn pull_inventory(parts: Arc<Components>, id: String, address: String) {
     parts.directory.end_pull(&id, inventory);
 }
 
-async fn list_all(address: &str) -> anyhow::Result<Vec<ChunkHash>> {
-    let mut client = crate::chunk_client::connect(address).await?;
+async fn list_all(
+    gate: &redcloud_proto::trust::Gate,
+    address: &str,
+) -> anyhow::Result<Vec<ChunkHash>> {
+    let mut client = crate::chunk_client::connect(address, gate).await?;
     let req = redcloud_proto::chunk::ListChunksRequest {
         after: bytes::Bytes::new(),
         page_size: INVENTORY_PAGE,

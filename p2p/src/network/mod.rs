@@ -20,6 +20,35 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 mod discovery;
 
+/// TCP, then (with a key) the private-network handshake, then noise and yamux. Without the
+/// network's key a peer's connection fails before noise: it learns nothing, sends nothing.
+fn private_tcp(
+    key: &libp2p::identity::Keypair,
+    psk: Option<libp2p::pnet::PreSharedKey>,
+) -> Result<
+    libp2p::core::transport::Boxed<(PeerId, libp2p::core::muxing::StreamMuxerBox)>,
+    noise::Error,
+> {
+    use futures::future::Either;
+    use libp2p::Transport;
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let guarded = tcp.and_then(move |socket, _| async move {
+        match psk {
+            Some(psk) => libp2p::pnet::PnetConfig::new(psk)
+                .handshake(socket)
+                .await
+                .map(Either::Left)
+                .map_err(std::io::Error::other),
+            None => Ok(Either::Right(socket)),
+        }
+    });
+    Ok(guarded
+        .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .boxed())
+}
+
 use discovery::without_peer_id;
 
 use crate::behaviour::{Behaviour, BehaviourEvent};
@@ -61,13 +90,13 @@ async fn start(config: Config) -> Result<(Handle, mpsc::Receiver<Event>), Error>
     let transport = |e: &dyn std::fmt::Display| Error::Transport(e.to_string());
     let metrics = Arc::new(Metrics::default());
     let behaviour = Behaviour::new(&config.keypair, &config, metrics.clone())?;
+    let psk = config.private_key.map(libp2p::pnet::PreSharedKey::new);
     let mut swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
+        .with_other_transport(|key| {
+            private_tcp(key, psk)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        })
         .map_err(|e| transport(&e))?
         .with_dns()
         .map_err(|e| transport(&e))?

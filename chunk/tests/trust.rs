@@ -1,0 +1,208 @@
+//! The chunkserver's trust boundary over real sockets: a node started with a cluster secret
+//! refuses every call without a credential, takes internal calls only from nodes of its
+//! cluster, and reads or writes one chunk only for a valid grant of that chunk and access.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use redcloud_chunk::client::{self, ClientError};
+use redcloud_chunk::{ChunkId, ChunkserverConfig, run};
+use redcloud_proto::chunk::{
+    DeleteChunkRequest, HasChunksRequest, InfoRequest, ListChunksRequest, ReplicateChunkRequest,
+};
+use redcloud_proto::trust::{Access, ClusterSecret, Gate, grant_metadata};
+use tokio::net::TcpListener;
+use tonic::Code;
+use tonic::metadata::MetadataMap;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn secret() -> ClusterSecret {
+    ClusterSecret::from_bytes([11; 32])
+}
+
+fn chunk(seed: u8, len: usize) -> (ChunkId, Bytes) {
+    let bytes: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(seed)).collect();
+    (ChunkId::of(&bytes), Bytes::from(bytes))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+async fn secured() -> (
+    String,
+    tempfile::TempDir,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ChunkserverConfig::new(dir.path());
+    config.scrub_rate = 0;
+    config.secret = Some(secret());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(config, listener, async {
+        let _ = rx.await;
+    }));
+    (addr, dir, tx, task)
+}
+
+fn code(e: ClientError) -> Code {
+    match e {
+        ClientError::Status(s) => s.code(),
+        other => panic!("expected a status, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_node_without_a_secret_refuses_to_start_and_says_how_to_make_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ChunkserverConfig::new(dir.path());
+    let err = config.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("redcloud secret") && err.contains("--insecure"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn every_call_without_a_credential_is_refused() {
+    let (addr, _dir, stop, task) = secured().await;
+    let node = Gate::new(Some(&secret())).node_metadata();
+    let none = MetadataMap::new();
+    let (id, bytes) = chunk(3, 70_000);
+    let mut c = client::connect(&addr).await.unwrap();
+
+    let e = client::write_chunk(&mut c, id, bytes.clone(), &none)
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), Code::Unauthenticated);
+    // A node of the cluster may write (repair and replication do).
+    client::write_chunk(&mut c, id, bytes.clone(), &node)
+        .await
+        .unwrap();
+    let e = client::read_chunk(&mut c, id, &none).await.unwrap_err();
+    assert_eq!(code(e), Code::Unauthenticated);
+
+    let wire = Bytes::copy_from_slice(id.as_bytes());
+    let s = c
+        .has_chunks(HasChunksRequest {
+            ids: vec![wire.clone()],
+            touch: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    let s = c
+        .delete_chunk(DeleteChunkRequest {
+            id: wire.clone(),
+            min_age_ms: 0,
+            lineage: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    let s = c
+        .list_chunks(ListChunksRequest {
+            after: Bytes::new(),
+            page_size: 10,
+            limit: 0,
+        })
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    let s = c
+        .replicate_chunk(ReplicateChunkRequest {
+            id: wire.clone(),
+            source: addr.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    let s = c.info(InfoRequest {}).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+
+    // A node of another cluster (another secret) is an outsider too.
+    let outsider = Gate::new(Some(&ClusterSecret::from_bytes([12; 32])));
+    let s = c
+        .info(outsider.node_request(InfoRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    // The chunk is still there, unharmed.
+    assert_eq!(client::read_chunk(&mut c, id, &node).await.unwrap(), bytes);
+    assert!(
+        c.info(Gate::new(Some(&secret())).node_request(InfoRequest {}))
+            .await
+            .is_ok()
+    );
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_grant_opens_one_chunk_for_one_access_until_it_expires() {
+    let (addr, _dir, stop, task) = secured().await;
+    let key = secret().grant_key();
+    let (x, x_bytes) = chunk(5, 40_000);
+    let (y, y_bytes) = chunk(7, 40_000);
+    let later = now_ms() + 60_000;
+    let mut c = client::connect(&addr).await.unwrap();
+
+    let write_x = grant_metadata(&key.sign(Access::Write, x.as_bytes(), later));
+    // A write grant for X does not write Y.
+    let e = client::write_chunk(&mut c, y, y_bytes.clone(), &write_x)
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), Code::PermissionDenied);
+    client::write_chunk(&mut c, x, x_bytes.clone(), &write_x)
+        .await
+        .unwrap();
+    // ...nor reads X.
+    let e = client::read_chunk(&mut c, x, &write_x).await.unwrap_err();
+    assert_eq!(code(e), Code::PermissionDenied);
+
+    let read_x = grant_metadata(&key.sign(Access::Read, x.as_bytes(), later));
+    assert_eq!(
+        client::read_chunk(&mut c, x, &read_x).await.unwrap(),
+        x_bytes
+    );
+    // A read grant for X does not read Y (written by a node).
+    let node = Gate::new(Some(&secret())).node_metadata();
+    client::write_chunk(&mut c, y, y_bytes, &node)
+        .await
+        .unwrap();
+    let e = client::read_chunk(&mut c, y, &read_x).await.unwrap_err();
+    assert_eq!(code(e), Code::PermissionDenied);
+
+    // Expired, forged and foreign grants are refused.
+    let expired = grant_metadata(&key.sign(Access::Read, x.as_bytes(), now_ms() - 1));
+    let e = client::read_chunk(&mut c, x, &expired).await.unwrap_err();
+    assert_eq!(code(e), Code::PermissionDenied);
+    let text = key.sign(Access::Read, x.as_bytes(), later);
+    let forged = grant_metadata(&text.replace(&later.to_string(), &(later + 1).to_string()));
+    let e = client::read_chunk(&mut c, x, &forged).await.unwrap_err();
+    assert_eq!(code(e), Code::PermissionDenied);
+    let foreign = ClusterSecret::from_bytes([13; 32]).grant_key();
+    let foreign = grant_metadata(&foreign.sign(Access::Read, x.as_bytes(), later));
+    let e = client::read_chunk(&mut c, x, &foreign).await.unwrap_err();
+    assert_eq!(code(e), Code::PermissionDenied);
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

@@ -1,0 +1,211 @@
+//! The controller's trust boundary, on in-process clusters: an outsider controller with
+//! another secret learns nothing, internal and operator calls need their credentials, a
+//! controller without a secret refuses to start, and dedup answers never reveal another
+//! user's chunks.
+
+mod common;
+mod inproc;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use redcloud::client::authed;
+use redcloud_proto::controller as pb;
+use redcloud_proto::controller::admin_service_client::AdminServiceClient;
+use redcloud_proto::controller::registry_service_client::RegistryServiceClient;
+use tonic::Code;
+
+use common::bytes as data;
+use inproc::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outsider_controller_with_another_secret_learns_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    set_home(work.path());
+    let a = controller(Vec::new(), |_| {}).await;
+    let _alice = login(&a.addr, "alice").await;
+    let outsider = controller(vec![a.p2p.clone()], |cfg| {
+        cfg.secret = Some(redcloud_proto::trust::ClusterSecret::from_bytes([99; 32]));
+    })
+    .await;
+    // Several sync intervals and redials: the private network never lets it connect.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = status(&outsider.addr).await;
+    assert!(
+        s.controller.as_ref().unwrap().peers.is_empty(),
+        "the outsider connected: {:?}",
+        s.controller
+    );
+    let err = api(&outsider.addr)
+        .await
+        .login(pb::LoginRequest {
+            user: "alice".into(),
+            password: "pw".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.code(), Code::Unauthenticated | Code::NotFound),
+        "the outsider knows alice: {err}"
+    );
+    // And a peer with the right secret does connect (the control).
+    let b = controller(vec![a.p2p.clone()], |_| {}).await;
+    wait_until("b connects to a", || async {
+        !status(&b.addr).await.controller.unwrap().peers.is_empty()
+    })
+    .await;
+    for c in [outsider, b, a] {
+        c.node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn internal_and_operator_calls_need_their_credentials() {
+    let work = tempfile::tempdir().unwrap();
+    set_home(work.path());
+    let c = controller(Vec::new(), |_| {}).await;
+    let mut registry = RegistryServiceClient::connect(format!("http://{}", c.addr))
+        .await
+        .unwrap();
+    let fake = pb::HeartbeatRequest {
+        id: "cs-fake".into(),
+        address: "127.0.0.1:1".into(),
+        inventory_digest: Bytes::from(vec![0; 32]),
+        ..Default::default()
+    };
+    let err = registry.heartbeat(fake.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    assert!(
+        status(&c.addr).await.chunkservers.is_empty(),
+        "no fake server registered"
+    );
+
+    let mut anonymous = AdminServiceClient::connect(format!("http://{}", c.addr))
+        .await
+        .unwrap();
+    let err = anonymous
+        .set_replication(pb::SetReplicationRequest { policy: "1".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    let err = anonymous
+        .drain(pb::DrainRequest {
+            chunkserver_id: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    // A user's token is not an operator's credential either.
+    let token = login(&c.addr, "mallory").await;
+    let err = anonymous
+        .forget_controller(authed(
+            pb::ForgetControllerRequest {
+                controller_id: "x".into(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    assert_eq!(status(&c.addr).await.replication, "all");
+    // With the admin credential it works.
+    admin(&c.addr)
+        .await
+        .set_replication(pb::SetReplicationRequest { policy: "1".into() })
+        .await
+        .unwrap();
+    assert_eq!(status(&c.addr).await.replication, "1");
+    c.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_controller_without_a_secret_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = redcloud_meta::node::ControllerConfig {
+        data_dir: dir.path().to_path_buf(),
+        p2p_listen: "/ip4/127.0.0.1/tcp/0".into(),
+        mdns: false,
+        ..Default::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = redcloud_meta::node::start(config, listener)
+        .await
+        .expect_err("no secret, no start");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("redcloud secret") && text.contains("--insecure"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dedup_never_tells_a_user_about_another_users_chunks() {
+    let work = tempfile::tempdir().unwrap();
+    set_home(work.path());
+    let c = controller(Vec::new(), |cfg| cfg.write_quorum = 1).await;
+    let addrs = vec![c.addr.clone()];
+    let mut cs = Chunkserver::start(&addrs).await;
+    wait_active(&c.addr, 1).await;
+    let alice = login(&c.addr, "alice").await;
+    let bob = login(&c.addr, "bob").await;
+    let secret_doc = data(600_000, 77);
+    put(&addrs, &alice, work.path(), "a", &secret_doc).await;
+    let ids: Vec<Bytes> = api(&c.addr)
+        .await
+        .resolve(authed(
+            pb::ResolveRequest {
+                name: "a".into(),
+                version: String::new(),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .chunks
+        .into_iter()
+        .map(|l| {
+            assert!(!l.grant.is_empty(), "reads come with grants");
+            l.id
+        })
+        .collect();
+    let plan = |token: String| {
+        let ids = ids.clone();
+        let addr = c.addr.clone();
+        async move {
+            api(&addr)
+                .await
+                .plan_upload(authed(
+                    pb::PlanUploadRequest {
+                        chunks: ids
+                            .iter()
+                            .map(|id| pb::ChunkRef {
+                                id: id.clone(),
+                                size: 1,
+                            })
+                            .collect(),
+                        force: false,
+                    },
+                    &token,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    // Alice may skip her own chunks; Bob is told to upload them (with a write grant), which
+    // says nothing about whether anyone stores them.
+    assert!(plan(alice.clone()).await.chunks.iter().all(|p| p.exists));
+    let for_bob = plan(bob.clone()).await;
+    assert!(
+        for_bob
+            .chunks
+            .iter()
+            .all(|p| !p.exists && !p.grant.is_empty())
+    );
+    // Bob's upload of the same bytes works and reads back.
+    put(&addrs, &bob, work.path(), "b", &secret_doc).await;
+    assert_eq!(get(&addrs, &bob, work.path(), "b").await, secret_doc);
+    cs.stop().await;
+    c.node.stop().await;
+}
