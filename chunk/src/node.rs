@@ -183,12 +183,14 @@ pub fn load_or_create_node_id(data_dir: &Path) -> io::Result<String> {
         Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
     }
     let id = format!("cs-{}-{:08x}", hostname(), rand::random::<u32>());
-    std::fs::create_dir_all(data_dir)?;
-    // Write then rename, so a crash never leaves a half-written id behind.
+    redcloud_proto::local::create_private_dir_all(data_dir)?;
+    // Write then rename, so a crash never leaves a half-written id behind; then sync the
+    // directory, so a power cut cannot take the name and mint a second identity.
     let temporary = data_dir.join(format!("{NODE_ID_FILE}.tmp"));
     std::fs::write(&temporary, format!("{id}\n"))?;
     std::fs::File::open(&temporary)?.sync_all()?;
     std::fs::rename(&temporary, &path)?;
+    redcloud_proto::local::sync_dir(data_dir)?;
     Ok(id)
 }
 

@@ -3,32 +3,18 @@
 //! after the cut and reads back byte-identical; the store opens cleanly. Needs root and
 //! /dev/fuse (REDCLOUD_FUSE_REQUIRED=1, as in CI, makes a skip a failure).
 
-use redcloud_chunk::{ChunkId, ChunkStore, RocksOptions, RocksStore};
+mod common;
 
-fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use redcloud_chunk::{ChunkId, ChunkStore, RocksOptions, RocksStore};
 
 #[test]
 fn every_acknowledged_chunk_survives_a_power_cut() {
-    if let Some(why) = lazyfs::unavailable() {
-        if std::env::var("REDCLOUD_FUSE_REQUIRED").is_ok_and(|v| v == "1") {
-            panic!("lazyfs cannot mount: {why} (and REDCLOUD_FUSE_REQUIRED=1)");
-        }
-        eprintln!("SKIPPED: lazyfs cannot mount here: {why}");
+    if !lazyfs::usable_for("chunk power loss") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let mut mount = lazyfs::Mount::new(dir.path()).expect("mount lazyfs");
-    let mut acked: Vec<(ChunkId, Vec<u8>)> = Vec::new();
+    let mut acked: Vec<(ChunkId, bytes::Bytes)> = Vec::new();
     // Three power cuts, each after a different amount of work, with small and large chunks
     // (large ones go to blob files) and deletes in between.
     for (round, n) in [(0u64, 40usize), (1, 7), (2, 25)] {
@@ -43,8 +29,7 @@ fn every_acknowledged_chunk_survives_a_power_cut() {
         for i in 0..n {
             let seed = round * 1000 + i as u64;
             let len = if i % 3 == 0 { 300_000 } else { 3_000 + i * 7 };
-            let data = bytes(len, seed);
-            let id = ChunkId(*blake3::hash(&data).as_bytes());
+            let (id, data) = common::chunk(seed, len);
             store.put(&id, &data).expect("put");
             acked.push((id, data));
         }

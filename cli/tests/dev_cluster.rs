@@ -117,15 +117,20 @@ fn dev_cluster_serves_stops_and_restarts_on_its_data() {
             &home,
             base,
             &["register", "zoe", "--password-stdin"],
-            "pw\n"
+            "password-1\n"
         )
         .status
         .success()
     );
     assert!(
-        client(&home, base, &["login", "zoe", "--password-stdin"], "pw\n")
-            .status
-            .success()
+        client(
+            &home,
+            base,
+            &["login", "zoe", "--password-stdin"],
+            "password-1\n"
+        )
+        .status
+        .success()
     );
     let content = bytes(2 << 20, 42);
     let f = write_file(dir.path(), "notes.txt", &content);

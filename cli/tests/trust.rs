@@ -40,7 +40,7 @@ async fn an_outsider_controller_with_another_secret_learns_nothing() {
         .await
         .login(pb::LoginRequest {
             user: "alice".into(),
-            password: "pw".into(),
+            password: "password-1".into(),
         })
         .await
         .unwrap_err();
@@ -207,5 +207,48 @@ async fn dedup_never_tells_a_user_about_another_users_chunks() {
     put(&addrs, &bob, work.path(), "b", &secret_doc).await;
     assert_eq!(get(&addrs, &bob, work.path(), "b").await, secret_doc);
     cs.stop().await;
+    c.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guessing_passwords_is_slowed_and_weak_passwords_are_refused() {
+    let work = tempfile::tempdir().unwrap();
+    set_home(work.path());
+    let c = controller(Vec::new(), |_| {}).await;
+    let mut cl = api(&c.addr).await;
+    let err = cl
+        .register(pb::RegisterRequest {
+            user: "shorty".into(),
+            password: "1234".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("at least"), "{}", err.message());
+    let _ = login(&c.addr, "victim").await;
+    let guess = |password: &str| pb::LoginRequest {
+        user: "victim".into(),
+        password: password.into(),
+    };
+    let mut codes = Vec::new();
+    for i in 0..8 {
+        let err = cl.login(guess(&format!("guess-{i}"))).await.unwrap_err();
+        codes.push(err.code());
+    }
+    assert_eq!(
+        codes
+            .iter()
+            .filter(|c| **c == Code::Unauthenticated)
+            .count(),
+        redcloud_meta::service::logins::FREE_USER_FAILURES as usize + 1,
+        "{codes:?}"
+    );
+    assert_eq!(codes.last(), Some(&Code::ResourceExhausted), "{codes:?}");
+    // While blocked, even the right password waits.
+    let err = cl.login(guess("password-1")).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    // Once the block ends (1 s after the first failure past the free ones) it works.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    cl.login(guess("password-1")).await.unwrap();
     c.node.stop().await;
 }

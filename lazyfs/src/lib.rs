@@ -669,6 +669,19 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
+/// Whether a test may use lazyfs here. Prints a loud SKIPPED line when it may not, and fails
+/// instead when `REDCLOUD_FUSE_REQUIRED=1` (CI sets it).
+pub fn usable_for(test: &str) -> bool {
+    let Some(why) = unavailable() else {
+        return true;
+    };
+    if std::env::var("REDCLOUD_FUSE_REQUIRED").is_ok_and(|v| v == "1") {
+        panic!("{test}: lazyfs cannot mount: {why} (and REDCLOUD_FUSE_REQUIRED=1)");
+    }
+    eprintln!("SKIPPED: {test}: lazyfs cannot mount here: {why}");
+    false
+}
+
 /// A mounted lazyfs. Dropping it unmounts.
 pub struct Mount {
     fs: LazyFs,

@@ -106,6 +106,49 @@ pub struct ChunkserverView {
     pub state: ChunkserverState,
 }
 
+/// What a login is checked against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Login {
+    Unknown,
+    /// The argon2 PHC string of the one registration.
+    Hash(String),
+    /// Registered concurrently more than once (a partition): no password is accepted.
+    Contested,
+}
+
+/// Shortest password a new registration may use (the API enforces it).
+pub const MIN_PASSWORD_BYTES: usize = 8;
+
+/// Hashes `password` with argon2id at `cost`. Slow by design: run it off the metadata thread.
+pub fn hash_password(
+    password: &str,
+    cost: crate::store::PasswordCost,
+) -> Result<String, MetaError> {
+    if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
+        return Err(MetaError::invalid(
+            "password",
+            format!("must be 1-{MAX_PASSWORD_BYTES} bytes"),
+        ));
+    }
+    let params = argon2::Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
+        .map_err(|e| MetaError::PasswordHash(e.to_string()))?;
+    let hasher = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
+        .map_err(|e| MetaError::PasswordHash(e.to_string()))?;
+    Ok(hasher
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| MetaError::PasswordHash(e.to_string()))?
+        .to_string())
+}
+
+/// Whether `password` matches the PHC string `phc`.
+pub fn verify_hash(phc: &str, password: &str) -> Result<bool, MetaError> {
+    let hash = PasswordHash::new(phc).map_err(|e| MetaError::PasswordHash(e.to_string()))?;
+    Ok(argon2::Argon2::default()
+        .verify_password(password.as_bytes(), &hash)
+        .is_ok())
+}
+
 /// A token-signing secret.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Secret {
@@ -169,9 +212,8 @@ impl MetaStore {
         Ok(doc.am.keys(doc.map(map)).collect())
     }
 
-    /// Register `user`. `AlreadyExists` if this replica knows the name. Two partitions may
-    /// register the same name concurrently; both registrations then stay (see
-    /// [`MetaStore::verify_password`]).
+    /// Register `user` with `password` (hashed here, on the caller's thread: tests and tools;
+    /// the API hashes off the metadata thread and calls [`MetaStore::register_hashed`]).
     pub fn register_user(
         &mut self,
         user: &str,
@@ -179,29 +221,30 @@ impl MetaStore {
         wall_ms: u64,
     ) -> Result<Commit, MetaError> {
         names::validate_user(user)?;
-        if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
-            return Err(MetaError::invalid(
-                "password",
-                format!("must be 1-{MAX_PASSWORD_BYTES} bytes"),
-            ));
-        }
         if !self.cluster_values("users", user)?.is_empty() {
             return Err(MetaError::AlreadyExists(format!("user {user:?}")));
         }
-        let cost = self.config.password_cost;
-        let params = argon2::Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
-            .map_err(|e| MetaError::PasswordHash(e.to_string()))?;
-        let hasher =
-            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-        let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
-            .map_err(|e| MetaError::PasswordHash(e.to_string()))?;
-        let phc = hasher
-            .hash_password(password.as_bytes(), &salt)
-            .map_err(|e| MetaError::PasswordHash(e.to_string()))?
-            .to_string();
+        let phc = hash_password(password, self.config.password_cost)?;
+        self.register_hashed(user, &phc, wall_ms)
+    }
+
+    /// Register `user` with an argon2 PHC string from [`hash_password`]. `AlreadyExists` if
+    /// this replica knows the name. Two partitions may register the same name concurrently;
+    /// both registrations then stay and the name is locked (see [`MetaStore::login_hashes`]).
+    pub fn register_hashed(
+        &mut self,
+        user: &str,
+        phc: &str,
+        wall_ms: u64,
+    ) -> Result<Commit, MetaError> {
+        names::validate_user(user)?;
+        PasswordHash::new(phc).map_err(|e| MetaError::invalid("password", e.to_string()))?;
+        if !self.cluster_values("users", user)?.is_empty() {
+            return Err(MetaError::AlreadyExists(format!("user {user:?}")));
+        }
         let time = self.clock.tick(wall_ms);
         let rec = prost::Message::encode_to_vec(&UserRecord {
-            phc,
+            phc: phc.to_owned(),
             created: time.0,
             origin: self.config.node_id.to_string(),
         });
@@ -212,25 +255,34 @@ impl MetaStore {
         Ok(commit)
     }
 
-    /// Whether `password` is `user`'s. If two partitions registered the same name
-    /// concurrently, the entry holds both hashes (an Automerge conflict) and either password
-    /// is accepted: an AP trade-off that keeps both registrants able to log in and see the same
-    /// files rather than locking one out after the partition heals.
-    pub fn verify_password(&self, user: &str, password: &str) -> Result<bool, MetaError> {
+    /// What a login checks `user`'s password against, read on the metadata thread so the
+    /// (slow, by design) argon2 check can run elsewhere.
+    pub fn login_hashes(&self, user: &str) -> Result<Login, MetaError> {
         if names::validate_user(user).is_err() {
-            return Ok(false);
+            return Ok(Login::Unknown);
         }
-        for bytes in self.cluster_values("users", user)? {
-            let rec: UserRecord = decode_msg(&bytes).map_err(|e| corrupt(user, e))?;
-            let hash = PasswordHash::new(&rec.phc).map_err(|e| corrupt(user, e.to_string()))?;
-            if argon2::Argon2::default()
-                .verify_password(password.as_bytes(), &hash)
-                .is_ok()
-            {
-                return Ok(true);
+        let records = self.cluster_values("users", user)?;
+        match records.as_slice() {
+            [] => Ok(Login::Unknown),
+            [one] => {
+                let rec: UserRecord = decode_msg(one).map_err(|e| corrupt(user, e))?;
+                Ok(Login::Hash(rec.phc))
             }
+            // Registered on both sides of a partition: two people may own this name, and
+            // each side's files now sit under it. Letting either password in would hand one
+            // the other's files, so neither gets in until an operator settles it.
+            _ => Ok(Login::Contested),
         }
-        Ok(false)
+    }
+
+    /// Whether `password` is `user`'s (argon2 on this thread; the API uses
+    /// [`MetaStore::login_hashes`] and [`verify_hash`] off the metadata thread). A contested
+    /// name accepts no password.
+    pub fn verify_password(&self, user: &str, password: &str) -> Result<bool, MetaError> {
+        match self.login_hashes(user)? {
+            Login::Hash(phc) => verify_hash(&phc, password),
+            Login::Unknown | Login::Contested => Ok(false),
+        }
     }
 
     /// Registered user names, sorted.

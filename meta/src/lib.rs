@@ -64,7 +64,7 @@ pub mod store;
 pub mod vv;
 pub mod workers;
 
-pub use cluster::{ChunkserverView, ControllerView, ReplicationPolicy, Secret, Settings};
+pub use cluster::{ChunkserverView, ControllerView, Login, ReplicationPolicy, Secret, Settings};
 pub use document::DocId;
 pub use error::MetaError;
 pub use files::{ConflictView, FileView, NewVersion, PurgeOutcome, VersionView};

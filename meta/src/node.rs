@@ -189,7 +189,8 @@ pub struct OpenedStore {
 
 /// Step 1: the node key and the metadata store (see the module doc).
 pub async fn open_store(config: &ControllerConfig, clock: &NodeClock) -> Result<OpenedStore> {
-    std::fs::create_dir_all(&config.data_dir)
+    // Private (0700) and durable: it holds the node key and the metadata.
+    redcloud_proto::local::create_private_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let keypair = redcloud_p2p::load_or_create_keypair(&config.data_dir.join("node.key"))?;
     let node_id = keypair.public().to_peer_id().to_string();
@@ -315,6 +316,8 @@ pub fn components(
             hold_interval_ms: (config.gc_grace_ms / 4).max(100),
         },
         gate: redcloud_proto::trust::Gate::new(config.secret.as_ref()),
+        logins: Default::default(),
+        hashers: Default::default(),
     })
 }
 
@@ -462,6 +465,12 @@ pub fn serve(
         tonic::transport::Server::builder()
             .initial_stream_window_size(redcloud_proto::STREAM_WINDOW)
             .initial_connection_window_size(redcloud_proto::CONNECTION_WINDOW)
+            .http2_keepalive_interval(Some(redcloud_proto::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(redcloud_proto::KEEPALIVE_TIMEOUT))
+            .tcp_keepalive(Some(redcloud_proto::KEEPALIVE_INTERVAL))
+            .max_concurrent_streams(redcloud_proto::MAX_STREAMS_PER_CONNECTION)
+            .concurrency_limit_per_connection(redcloud_proto::CONTROLLER_CONCURRENCY_PER_CONNECTION)
+            .timeout(redcloud_proto::CONTROLLER_REQUEST_TIMEOUT)
             .add_service(api)
             .add_service(registry)
             .add_service(admin)

@@ -366,9 +366,12 @@ impl Cluster {
                 );
             }
             for (user, pw) in &self.registered {
-                assert!(
+                // A name registered on two replicas before they met is locked for both.
+                let contested = self.registered.iter().filter(|(u, _)| u == user).count() > 1;
+                assert_eq!(
                     s.verify_password(user, pw).unwrap(),
-                    "{user} cannot log in on {}",
+                    !contested,
+                    "{user} (contested: {contested}) on {}",
                     s.node_id()
                 );
             }
@@ -470,7 +473,9 @@ fn independent_genesis_hides_nothing() {
     );
     assert!(s.file("alice", "y").unwrap().is_some());
     assert!(
-        s.verify_password("alice", "pw-a").unwrap() && s.verify_password("alice", "pw-b").unwrap()
+        !s.verify_password("alice", "pw-a").unwrap()
+            && !s.verify_password("alice", "pw-b").unwrap(),
+        "a name registered twice is locked"
     );
     assert_eq!(s.chunkservers().unwrap().len(), 2);
 }

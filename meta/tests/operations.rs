@@ -413,16 +413,23 @@ fn default_password_cost_is_argon2id() {
 }
 
 #[test]
-fn concurrent_registration_of_one_name_accepts_both_passwords() {
+fn concurrent_registration_of_one_name_locks_it_for_both() {
     let mut a = mem_store("node-a", 2);
     let mut b = mem_store("node-b", 2);
     a.register_user("alice", "from-a", T0).unwrap();
     b.register_user("alice", "from-b", T0).unwrap();
+    // Before the heal each side's registrant logs in.
+    assert!(a.verify_password("alice", "from-a").unwrap());
+    assert!(b.verify_password("alice", "from-b").unwrap());
     sync_pair(&mut a, &mut b, T0);
+    // After it, either password would open both registrants' files: neither does.
     for s in [&a, &b] {
-        assert!(s.verify_password("alice", "from-a").unwrap());
-        assert!(s.verify_password("alice", "from-b").unwrap());
-        assert!(!s.verify_password("alice", "other").unwrap());
+        assert_eq!(
+            s.login_hashes("alice").unwrap(),
+            redcloud_meta::Login::Contested
+        );
+        assert!(!s.verify_password("alice", "from-a").unwrap());
+        assert!(!s.verify_password("alice", "from-b").unwrap());
         assert_eq!(s.users().unwrap(), ["alice"]);
     }
 }

@@ -32,3 +32,15 @@ pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
 /// few hundred MiB/s; 8 MiB windows let one stream move several GiB/s.
 pub const STREAM_WINDOW: u32 = 8 << 20;
 pub const CONNECTION_WINDOW: u32 = 16 << 20;
+
+/// HTTP/2 and TCP keepalives on every gRPC server and client: a peer that vanished without
+/// closing its connection (a dead host, a deleted network namespace) is noticed within about
+/// `KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT` instead of holding the connection open forever.
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Requests a controller serves at once per client connection, and its deadline per request.
+pub const CONTROLLER_CONCURRENCY_PER_CONNECTION: usize = 64;
+pub const CONTROLLER_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Concurrent HTTP/2 streams per connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;

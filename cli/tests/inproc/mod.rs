@@ -147,12 +147,12 @@ pub async fn login(addr: &str, user: &str) -> String {
     let _ = c
         .register(pb::RegisterRequest {
             user: user.into(),
-            password: "pw".into(),
+            password: "password-1".into(),
         })
         .await;
     c.login(pb::LoginRequest {
         user: user.into(),
-        password: "pw".into(),
+        password: "password-1".into(),
     })
     .await
     .unwrap()

@@ -240,10 +240,16 @@ impl Ledger {
                 self.acks[i].hlc.is_some() || history[&self.acks[i].version].get("hlc").is_some()
             });
 
-            // Timestamps respect what the writers knew: a write started after an acknowledged
-            // one (same session, or causally) carries a higher timestamp.
+            // Timestamps respect what the writer knew: a write started after the same
+            // session's acknowledged write carries a higher timestamp (the session's causal
+            // context). Writes ordered only by a barrier need not: a controller does not adopt
+            // a peer's timestamp from beyond the skew bound (so one fast clock cannot drag the
+            // cluster's), and the winner rule orders such writes by causality first (checked
+            // below), not by timestamp.
             for &a in idx {
-                for &b in idx.iter().filter(|b| timed[a].contains(b)) {
+                for &b in idx.iter().filter(|&&b| {
+                    self.acks[a].session == self.acks[b].session && timed[a].contains(&b)
+                }) {
                     let (ka, kb) = (key(a).0, key(b).0);
                     assert!(
                         if exact { ka < kb } else { ka <= kb },

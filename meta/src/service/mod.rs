@@ -14,6 +14,7 @@ pub mod admin;
 pub mod confirm;
 pub mod convert;
 pub mod errors;
+pub mod logins;
 pub mod registry_api;
 pub mod status;
 
@@ -78,6 +79,9 @@ pub struct Components {
     pub settings: ApiSettings,
     /// The credentials this controller checks and presents (open in insecure mode).
     pub gate: redcloud_proto::trust::Gate,
+    /// Failed-login counts (brute force is slowed) and the argon2 pool.
+    pub logins: Arc<logins::Limiter>,
+    pub hashers: logins::Hashers,
 }
 
 /// The client API.
@@ -169,15 +173,58 @@ impl ControllerService for Api {
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let p = &self.parts;
         p.metrics.api_calls.inc();
+        // Registration is the one call that grows replicated state without a credential:
+        // each address gets a few, then waits longer and longer.
+        let address = req
+            .remote_addr()
+            .map(|a| format!("r:{}", a.ip()))
+            .unwrap_or_else(|| "r:unknown".into());
+        if let Err(wait_ms) = p.logins.check(&address, p.clock.mono_ms()) {
+            return Err(Status::resource_exhausted(format!(
+                "too many registrations from this address; try again in {} s",
+                wait_ms.div_ceil(1000)
+            )));
+        }
         let r = req.into_inner();
+        crate::names::validate_user(&r.user).map_err(errors::status)?;
+        // Refuse a known name before paying for a hash.
+        let user = r.user.clone();
+        if p.read(move |s| s.login_hashes(&user)).await? != crate::cluster::Login::Unknown {
+            return Err(Status::already_exists(format!(
+                "user {:?} already exists",
+                r.user
+            )));
+        }
+        if r.password.len() < crate::cluster::MIN_PASSWORD_BYTES {
+            return Err(invalid(
+                "password",
+                format!(
+                    "must be at least {} bytes",
+                    crate::cluster::MIN_PASSWORD_BYTES
+                ),
+            ));
+        }
+        let password = r.password;
+        let phc = p
+            .hashers
+            .run(move || {
+                crate::cluster::hash_password(&password, crate::store::PasswordCost::default())
+            })
+            .await?
+            .map_err(errors::status)?;
         let clock = p.clock.clone();
         p.meta
             .mutate(move |s| {
-                let c = s.register_user(&r.user, &r.password, clock.now_ms())?;
+                let c = s.register_hashed(&r.user, &phc, clock.now_ms())?;
                 Ok(((), vec![c]))
             })
             .await
             .map_err(errors::status)?;
+        p.logins.failed(
+            &address,
+            logins::FREE_REGISTRATIONS_PER_ADDRESS,
+            p.clock.mono_ms(),
+        );
         Ok(Response::new(pb::RegisterResponse {}))
     }
 
@@ -187,14 +234,49 @@ impl ControllerService for Api {
     ) -> Result<Response<pb::LoginResponse>, Status> {
         let p = &self.parts;
         p.metrics.api_calls.inc();
+        let address = req
+            .remote_addr()
+            .map(|a| format!("a:{}", a.ip()))
+            .unwrap_or_else(|| "a:unknown".into());
         let r = req.into_inner();
         let user = r.user.clone();
-        let ok = p
-            .read(move |s| s.verify_password(&r.user, &r.password))
-            .await?;
+        let user_key = format!("u:{user}");
+        let now = p.clock.mono_ms();
+        for key in [&user_key, &address] {
+            if let Err(wait_ms) = p.logins.check(key, now) {
+                return Err(Status::resource_exhausted(format!(
+                    "too many failed logins; try again in {} s",
+                    wait_ms.div_ceil(1000)
+                )));
+            }
+        }
+        let name = r.user.clone();
+        let login = p.read(move |s| s.login_hashes(&name)).await?;
+        let ok = match login {
+            crate::cluster::Login::Hash(phc) => {
+                let password = r.password;
+                p.hashers
+                    .run(move || crate::cluster::verify_hash(&phc, &password))
+                    .await?
+                    .map_err(errors::status)?
+            }
+            crate::cluster::Login::Contested => {
+                return Err(Status::failed_precondition(format!(
+                    "the name {user:?} was registered twice while the cluster was partitioned; \
+                     to keep each registrant's files from the other, neither can log in until \
+                     an operator settles it"
+                )));
+            }
+            crate::cluster::Login::Unknown => false,
+        };
         if !ok {
+            let now = p.clock.mono_ms();
+            p.logins.failed(&user_key, logins::FREE_USER_FAILURES, now);
+            p.logins
+                .failed(&address, logins::FREE_ADDRESS_FAILURES, now);
             return Err(Status::unauthenticated("wrong user name or password"));
         }
+        p.logins.succeeded(&user_key);
         let (token, expires_ms) = p.tokens.issue(&user, p.clock.now_ms());
         Ok(Response::new(pb::LoginResponse { token, expires_ms }))
     }

@@ -61,6 +61,10 @@ pub fn deliver(to: &mut MetaStore, commit: &Commit, wall_ms: u64) {
 pub fn sync_pair(a: &mut MetaStore, b: &mut MetaStore, wall_ms: u64) {
     let (an, bn) = (a.node_id().to_string(), b.node_id().to_string());
     for doc in a.docs() {
+        // As every production session does: a message lost earlier (LossySession) must not
+        // leave either side waiting for an answer that will never come.
+        a.reset_sync(doc, &bn);
+        b.reset_sync(doc, &an);
         let mut quiet = false;
         for _ in 0..64 {
             let m1 = a.generate_sync_message(doc, &bn).unwrap();
