@@ -1,9 +1,11 @@
-//! The redcloud wire protocol.
+//! The redcloud wire protocol, and what every node shares about the wire.
 //!
 //! `chunk` is the chunkserver's `ChunkService`; `controller` holds the client API
-//! (`ControllerService`) and the chunkserver registry (`RegistryService`). The `.proto` files
-//! under `proto/` are the source of truth; this crate only adds the shared size limits, so
-//! both ends of every stream agree on them.
+//! (`ControllerService`), the chunkserver registry (`RegistryService`) and the operator API
+//! (`AdminService`). The `.proto` files under `proto/` are the source of truth. Besides the
+//! generated code this crate holds the limits both ends of every stream agree on, [`trust`]
+//! (the cluster secret and the credentials and grants derived from it, checked by every
+//! server) and [`local`] (data directories created private and durably).
 
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
