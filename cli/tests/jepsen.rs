@@ -49,6 +49,9 @@ const NEW_CHUNKSERVER_HOST: usize = 5;
 /// Bound on quiescence after the last fault.
 const CONVERGE: Duration = Duration::from_secs(150);
 const DAY_MS: i64 = 24 * 3600 * 1000;
+/// Trash retention of the cluster: short, so deleted files are purged during a run.
+const TRASH_RETENTION: Duration = Duration::from_secs(10);
+const TRASH_RETENTION_ARG: &str = "10000";
 
 /// SplitMix64: small, seedable, good enough to pick faults and operations.
 #[derive(Clone, Debug)]
@@ -305,6 +308,21 @@ fn cs(h: usize) -> String {
     format!("cs{h}")
 }
 
+/// `history NAME` as JSON; a file purged from the trash (or never created) has an empty one.
+fn history_of(c: &Client, name: &str) -> Value {
+    let out = c.run(&["--json", "history", name]);
+    if out.status.success() {
+        return serde_json::from_slice(&out.stdout).expect("history JSON");
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not found"),
+        "[{}] history {name}: {err}",
+        c.name
+    );
+    Value::Array(Vec::new())
+}
+
 /// The command was refused before it could change anything (so it certainly did not apply).
 fn refused(stderr: &str) -> bool {
     let e = stderr.to_lowercase();
@@ -331,7 +349,12 @@ impl Run {
                 h,
                 Discovery::Bootstrap(CONTROLLERS.to_vec()),
                 0,
-                &["--gc-grace-ms", "2000"],
+                &[
+                    "--gc-grace-ms",
+                    "2000",
+                    "--trash-retention-ms",
+                    TRASH_RETENTION_ARG,
+                ],
             );
         }
         for &h in &CHUNKSERVERS {
@@ -685,11 +708,13 @@ impl Run {
 
     fn check(&mut self) {
         let hosts = CONTROLLERS;
+        let checked_at = Instant::now();
         let mut by_file: BTreeMap<(&str, &str), Vec<usize>> = BTreeMap::new();
         for (i, r) in self.history.records.iter().enumerate() {
             by_file.entry((r.user, r.name)).or_default().push(i);
         }
         let mut versions_checked = 0;
+        let mut purged = 0;
         for ((user, name), idx) in &by_file {
             let readers: Vec<Client> = hosts
                 .iter()
@@ -699,8 +724,7 @@ impl Run {
                     c
                 })
                 .collect();
-            let histories: Vec<Value> =
-                readers.iter().map(|c| c.json(&["history", name])).collect();
+            let histories: Vec<Value> = readers.iter().map(|c| history_of(c, name)).collect();
             for (c, h) in readers.iter().zip(&histories).skip(1) {
                 assert_eq!(
                     h, &histories[0],
@@ -716,7 +740,17 @@ impl Run {
                 .collect();
             let recs: Vec<&Record> = idx.iter().map(|&i| &self.history.records[i]).collect();
 
-            // Nothing acknowledged is lost.
+            // A delete that has been in the trash for the whole retention (by real time: no
+            // controller can know it longer) may have been purged, with every version before
+            // it.
+            let purged_by = |after: Instant| {
+                recs.iter().any(|d| {
+                    d.effect == Effect::Delete
+                        && d.started > after
+                        && checked_at.duration_since(d.started) >= TRASH_RETENTION
+                })
+            };
+            // Nothing acknowledged is lost (but to an expired trash).
             for r in recs.iter().filter(|r| r.acked.is_some()) {
                 if let Effect::Put {
                     version,
@@ -725,12 +759,16 @@ impl Run {
                     ..
                 } = &r.effect
                 {
-                    let v = history.get(version).unwrap_or_else(|| {
-                        panic!(
-                            "{user}/{name}: acknowledged {version} missing: {}",
+                    let Some(v) = history.get(version) else {
+                        assert!(
+                            purged_by(r.acked.unwrap_or(r.started)),
+                            "{user}/{name}: acknowledged {version} missing, and no delete after \
+                             it has been in the trash for {TRASH_RETENTION:?}: {}",
                             histories[0]
-                        )
-                    });
+                        );
+                        purged += 1;
+                        continue;
+                    };
                     assert_eq!(v["blake3"], blake3.as_str(), "{user}/{name} {version}");
                     assert_eq!(v["size"], *size, "{user}/{name} {version}");
                     assert_eq!(v["deleted"], false, "{user}/{name} {version}");
@@ -741,8 +779,9 @@ impl Run {
                 .filter(|r| r.acked.is_some() && r.effect == Effect::Delete)
                 .count();
             let tombstones = history.values().filter(|v| v["deleted"] == true).count();
+            let first = recs.iter().map(|r| r.started).min().unwrap_or(checked_at);
             assert!(
-                tombstones >= deletes_acked.min(1),
+                tombstones >= deletes_acked.min(1) || purged_by(first - Duration::from_millis(1)),
                 "{user}/{name}: {deletes_acked} acknowledged deletes, no tombstone: {}",
                 histories[0]
             );
@@ -770,6 +809,10 @@ impl Run {
             }
 
             // The head.
+            if history.is_empty() {
+                // Purged entirely (checked above): no head to check.
+                continue;
+            }
             let heads: Vec<&&Value> = history.values().filter(|v| v["head"] == true).collect();
             assert_eq!(heads.len(), 1, "{user}/{name}: one head: {}", histories[0]);
             let head = heads[0];
@@ -867,7 +910,7 @@ impl Run {
             .count();
         eprintln!(
             "[jepsen {}] checked {} files, {acked} acknowledged operations, {versions_checked} \
-             version downloads",
+             version downloads, {purged} acknowledged versions purged from an expired trash",
             self.seed,
             by_file.len()
         );

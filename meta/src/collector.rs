@@ -237,7 +237,7 @@ async fn purge(p: &GcParts) -> Option<String> {
     let purged = p
         .meta
         .mutate(move |s| {
-            let out = s.purge_expired(clock.now_ms())?;
+            let out = s.purge_expired_at(clock.now_ms(), clock.mono_ms())?;
             Ok(((out.files, out.versions), out.commits))
         })
         .await;

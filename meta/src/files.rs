@@ -16,7 +16,7 @@
 //! `conflicts` and `live_chunks` still do, until `purge_expired` drops it after the trash
 //! retention.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use automerge::ReadDoc;
 use automerge::transaction::Transactable;
@@ -662,8 +662,23 @@ impl MetaStore {
     /// still in conflict, is never touched. A write racing with the purge on another replica
     /// survives it: its put on `heads` beats the purge's delete.
     pub fn purge_expired(&mut self, wall_ms: u64) -> Result<PurgeOutcome, MetaError> {
+        self.purge_expired_at(wall_ms, u64::MAX)
+    }
+
+    /// [`MetaStore::purge_expired`] that also waits until this controller has itself known
+    /// the tombstone for the retention period, on its monotonic clock (`mono_ms`). The
+    /// tombstone's own timestamp comes from the deleting controller's clock: one whose clock
+    /// was slow (and not yet corrected) when it deleted would otherwise have its deletion
+    /// purged early everywhere. Both must hold, so neither a wrong clock here nor one there
+    /// shortens the trash.
+    pub fn purge_expired_at(
+        &mut self,
+        wall_ms: u64,
+        mono_ms: u64,
+    ) -> Result<PurgeOutcome, MetaError> {
         let retention = self.settings()?.trash_retention_ms;
         let mut outcome = PurgeOutcome::default();
+        let mut seen_now: HashMap<String, u64> = HashMap::new();
         for id in self.file_docs().collect::<Vec<_>>() {
             let mut doomed = Vec::new();
             for fkey in self.file_keys(id, None)? {
@@ -674,10 +689,15 @@ impl MetaStore {
                 let Some(s) = self.head_state(id, &fkey)? else {
                     continue;
                 };
-                let tomb = &s.winner().1;
-                if s.candidates.len() == 1
-                    && tomb.deleted
-                    && tomb.created.wall_ms().saturating_add(retention) <= wall_ms
+                let (vid, tomb) = s.winner();
+                if s.candidates.len() != 1 || !tomb.deleted {
+                    continue;
+                }
+                let key = format!("{id}\u{1f}{fkey}\u{1f}{vid}");
+                let first_seen = self.tombstones_seen.get(&key).copied().unwrap_or(mono_ms);
+                seen_now.insert(key, first_seen);
+                if tomb.created.wall_ms().saturating_add(retention) <= wall_ms
+                    && first_seen.saturating_add(retention) <= mono_ms
                 {
                     doomed.push(fkey);
                 }
@@ -717,6 +737,8 @@ impl MetaStore {
             outcome.versions += versions.len();
             outcome.commits.push(commit);
         }
+        // Only tombstones that are still lone heads are remembered (bounded by them).
+        self.tombstones_seen = seen_now;
         Ok(outcome)
     }
 }

@@ -134,6 +134,9 @@ pub struct MetaStore {
     store_id: String,
     /// Whether this open created the store.
     created: bool,
+    /// When (this process's monotonic ms) each lone tombstone was first seen here; see
+    /// `MetaStore::purge_expired_at`. Not persisted: a restart only delays purges.
+    pub(crate) tombstones_seen: HashMap<String, u64>,
 }
 
 impl std::fmt::Debug for MetaStore {
@@ -223,6 +226,7 @@ impl MetaStore {
             changes_rejected: 0,
             store_id,
             created,
+            tombstones_seen: HashMap::new(),
         };
         if !store.lineage()?.contains(&store.store_id) {
             // A new store (or one created before it recorded itself): its incarnation joins

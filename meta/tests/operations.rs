@@ -655,3 +655,31 @@ fn a_replication_seed_never_overrides_an_explicit_policy() {
             .is_none()
     );
 }
+
+/// A controller whose clock was five minutes slow deletes a file; a healthy controller with a
+/// one-minute trash retention receives the tombstone. By the tombstone's own (slow) time the
+/// file is long expired, but the trash keeps it until the healthy controller itself has held
+/// the tombstone for the retention period.
+#[test]
+fn a_slow_clocks_deletion_still_gets_the_full_trash_retention() {
+    let minute = 60_000;
+    let mut slow = mem_store("node-slow", 2);
+    let mut healthy = mem_store("node-ok", 2);
+    healthy.set_trash_retention(minute, T0).unwrap();
+    healthy
+        .add_version("alice", "f", version(1, &["t"]), T0, None)
+        .unwrap();
+    sync_pair(&mut slow, &mut healthy, T0);
+    slow.delete("alice", "f", T0 - 5 * minute, None).unwrap();
+    sync_pair(&mut slow, &mut healthy, T0);
+    // Just received (monotonic 0): the wall-clock test alone would purge it now.
+    let out = healthy.purge_expired_at(T0 + 1, 0).unwrap();
+    assert_eq!(out.files, 0, "purged on the strength of a slow clock");
+    let out = healthy.purge_expired_at(T0 + 30_000, 30_000).unwrap();
+    assert_eq!(out.files, 0);
+    assert_eq!(healthy.history("alice", "f").unwrap().len(), 2);
+    // Held here for the whole retention: now it goes.
+    let out = healthy.purge_expired_at(T0 + minute, minute).unwrap();
+    assert_eq!(out.files, 1);
+    assert!(healthy.history("alice", "f").unwrap().is_empty());
+}
