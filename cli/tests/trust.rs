@@ -252,3 +252,27 @@ async fn guessing_passwords_is_slowed_and_weak_passwords_are_refused() {
     cl.login(guess("password-1")).await.unwrap();
     c.node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_heartbeat_with_an_eight_mib_id_is_refused_and_registers_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    set_home(work.path());
+    let c = controller(Vec::new(), |_| {}).await;
+    let mut registry = RegistryServiceClient::connect(format!("http://{}", c.addr))
+        .await
+        .unwrap();
+    let huge = pb::HeartbeatRequest {
+        id: "x".repeat(8 << 20),
+        address: "127.0.0.1:1".into(),
+        inventory_digest: Bytes::from(vec![0; 32]),
+        ..Default::default()
+    };
+    // Even with the node credential, the id is checked before anything is built from it.
+    let started = std::time::Instant::now();
+    let err = registry.heartbeat(node_request(huge)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("id"), "{}", err.message());
+    eprintln!("8 MiB heartbeat refused in {:?}", started.elapsed());
+    assert!(status(&c.addr).await.chunkservers.is_empty());
+    c.node.stop().await;
+}
