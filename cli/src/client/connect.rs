@@ -182,6 +182,8 @@ fn is_transport_failure(status: &Status) -> bool {
 /// Turns a controller's answer into the one-line error the user sees.
 pub fn status_error(status: Status) -> anyhow::Error {
     let what = match status.code() {
+        // Operator and node calls say themselves which credential they lack.
+        Code::Unauthenticated if status.message().contains("secret") => "not authorized",
         Code::Unauthenticated => "not logged in or session expired",
         Code::PermissionDenied => "permission denied",
         Code::NotFound => "not found",
