@@ -5,30 +5,14 @@
 use std::time::Duration;
 
 use redcloud_proto::chunk::chunk_service_client::ChunkServiceClient;
-use redcloud_proto::trust::Gate;
+use redcloud_proto::trust::{Credential, Gate};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 /// How long to wait for a chunkserver to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-pub type Client = ChunkServiceClient<InterceptedService<Channel, NodeCredential>>;
-
-/// Adds this controller's node credential to every call (chunkservers refuse internal calls
-/// without it).
-#[derive(Clone, Debug)]
-pub struct NodeCredential(tonic::metadata::MetadataMap);
-
-impl tonic::service::Interceptor for NodeCredential {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        for kv in self.0.iter() {
-            if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
-                req.metadata_mut().insert(k.clone(), v.clone());
-            }
-        }
-        Ok(req)
-    }
-}
+pub type Client = ChunkServiceClient<InterceptedService<Channel, Credential>>;
 
 /// Connects to a chunkserver at `addr` (`host:port`) with the shared limits and windows; every
 /// call carries `gate`'s node credential.
@@ -44,7 +28,7 @@ pub async fn connect(addr: &str, gate: &Gate) -> anyhow::Result<Client> {
         .initial_connection_window_size(redcloud_proto::CONNECTION_WINDOW)
         .connect()
         .await?;
-    let credential = NodeCredential(gate.node_metadata());
+    let credential = Credential(gate.node_metadata());
     Ok(ChunkServiceClient::with_interceptor(channel, credential)
         .max_decoding_message_size(redcloud_proto::MAX_MESSAGE_SIZE)
         .max_encoding_message_size(redcloud_proto::MAX_MESSAGE_SIZE))

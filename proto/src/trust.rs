@@ -293,6 +293,30 @@ impl Gate {
     }
 }
 
+/// Adds fixed credential headers (a node's, an operator's) to every call of a gRPC client.
+#[derive(Clone, Debug, Default)]
+pub struct Credential(pub tonic::metadata::MetadataMap);
+
+impl tonic::service::Interceptor for Credential {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        for kv in self.0.iter() {
+            if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
+                req.metadata_mut().insert(k.clone(), v.clone());
+            }
+        }
+        Ok(req)
+    }
+}
+
+/// The admin credential's metadata for `secret`.
+pub fn admin_metadata(secret: &ClusterSecret) -> tonic::metadata::MetadataMap {
+    let mut md = tonic::metadata::MetadataMap::new();
+    if let Ok(v) = secret.admin_credential().parse() {
+        md.insert(ADMIN_HEADER, v);
+    }
+    md
+}
+
 /// The metadata carrying `grant` (empty for an empty grant: insecure clusters give none).
 pub fn grant_metadata(grant: &str) -> tonic::metadata::MetadataMap {
     let mut md = tonic::metadata::MetadataMap::new();

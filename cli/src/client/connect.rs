@@ -26,35 +26,10 @@ pub struct Controllers {
     admin: tonic::metadata::MetadataMap,
 }
 
-/// The admin credential on every call of an [`AdminServiceClient`].
-#[derive(Clone, Debug)]
-pub struct AdminCredential(tonic::metadata::MetadataMap);
-
-impl AdminCredential {
-    /// The admin credential derived from `secret`.
-    pub fn new(secret: &redcloud_proto::trust::ClusterSecret) -> Self {
-        let mut md = tonic::metadata::MetadataMap::new();
-        if let Ok(v) = secret.admin_credential().parse() {
-            md.insert(redcloud_proto::trust::ADMIN_HEADER, v);
-        }
-        AdminCredential(md)
-    }
-}
-
-impl tonic::service::Interceptor for AdminCredential {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        for kv in self.0.iter() {
-            if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
-                req.metadata_mut().insert(k.clone(), v.clone());
-            }
-        }
-        Ok(req)
-    }
-}
-
 /// The operator API's client type.
-pub type AdminClient =
-    AdminServiceClient<tonic::service::interceptor::InterceptedService<Channel, AdminCredential>>;
+pub type AdminClient = AdminServiceClient<
+    tonic::service::interceptor::InterceptedService<Channel, redcloud_proto::trust::Credential>,
+>;
 
 impl Controllers {
     pub fn new(addresses: Vec<String>) -> Self {
@@ -68,7 +43,7 @@ impl Controllers {
 
     /// Operator calls carry the admin credential derived from `secret`.
     pub fn with_admin_secret(mut self, secret: &redcloud_proto::trust::ClusterSecret) -> Self {
-        self.admin = AdminCredential::new(secret).0;
+        self.admin = redcloud_proto::trust::admin_metadata(secret);
         self
     }
 
@@ -93,7 +68,7 @@ impl Controllers {
         F: FnMut(AdminClient) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
-        let credential = AdminCredential(self.admin.clone());
+        let credential = redcloud_proto::trust::Credential(self.admin.clone());
         self.call_with(
             move |ch| AdminServiceClient::with_interceptor(ch, credential.clone()),
             call,

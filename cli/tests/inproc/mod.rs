@@ -36,7 +36,7 @@ pub async fn admin(addr: &str) -> redcloud::client::connect::AdminClient {
         .unwrap();
     redcloud_proto::controller::admin_service_client::AdminServiceClient::with_interceptor(
         channel,
-        redcloud::client::connect::AdminCredential::new(&test_secret()),
+        redcloud_proto::trust::Credential(redcloud_proto::trust::admin_metadata(&test_secret())),
     )
 }
 

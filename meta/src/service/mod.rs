@@ -308,12 +308,15 @@ impl ControllerService for Api {
         let quorum = (p.settings.write_quorum as usize).min(targets.len());
         // Deduplicate only against this user's own chunks: "already stored" must not tell a
         // user that someone else holds content with a given hash.
+        // Only chunks that could be skipped at all (live, with the quorum's copies) are looked
+        // up in the owner's versions, so an upload of new data costs no scan.
         let candidates: std::collections::HashSet<crate::record::ChunkHash> = r
             .chunks
             .iter()
             .filter_map(|c| <[u8; 32]>::try_from(&c.id[..]).ok())
+            .filter(|h| p.live.contains(h) && p.directory.active_copies(h, now) >= quorum)
             .collect();
-        let owned = if r.force {
+        let owned = if r.force || candidates.is_empty() {
             Default::default()
         } else {
             let user = user.clone();
