@@ -55,7 +55,7 @@ pub async fn start_chunkserver(
 pub async fn connect(addr: &str) -> Result<ChunkClient> {
     let start = Instant::now();
     loop {
-        match client::connect(addr).await {
+        match client::connect(addr, &crate::cluster::bench_transport()).await {
             Ok(c) => return Ok(c),
             Err(e) if start.elapsed() > Duration::from_secs(20) => return Err(e.into()),
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,

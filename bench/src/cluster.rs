@@ -27,6 +27,13 @@ pub fn bench_secret() -> redcloud_proto::trust::ClusterSecret {
     redcloud_proto::trust::ClusterSecret::from_bytes([7; 32])
 }
 
+/// How benchmark clients dial: TLS verified against the CA of [`bench_secret`], as users do.
+pub fn bench_transport() -> redcloud_proto::transport::Transport {
+    let ca = redcloud_proto::tls::ClusterCa::from_secret(&bench_secret())
+        .expect("the CA derives from any secret");
+    redcloud_proto::transport::Transport::tls(ca.cert_pem().as_bytes())
+}
+
 /// The cluster name every benchmark node uses.
 pub const CLUSTER: &str = "bench";
 /// The user owning every benchmark file.

@@ -16,7 +16,7 @@ use redcloud_proto::chunk::{
     InfoResponse, ListChunksRequest, ListChunksResponse, ReadChunkRequest, ReadChunkResponse,
     ReplicateChunkRequest, ReplicateChunkResponse, WriteChunkRequest, WriteChunkResponse,
 };
-use redcloud_proto::{CONNECTION_WINDOW, FRAME_SIZE, MAX_MESSAGE_SIZE, STREAM_WINDOW};
+use redcloud_proto::{FRAME_SIZE, MAX_MESSAGE_SIZE};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
@@ -120,12 +120,16 @@ pub fn serve(listener: TcpListener) -> tokio::task::JoinHandle<()> {
     let service = ChunkServiceServer::new(Echo::default())
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    // TLS like a chunkserver's, so the reference pays what the chunkserver pays on the wire.
+    let identity = redcloud_proto::tls::ClusterCa::from_secret(&crate::cluster::bench_secret())
+        .and_then(|ca| ca.issue())
+        .expect("the bench CA issues certificates");
     tokio::spawn(async move {
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let _ = tonic::transport::Server::builder()
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(redcloud_chunk::client::MAX_H2_FRAME)
+        let Ok(mut server) = redcloud_proto::transport::server(Some(&identity)) else {
+            return;
+        };
+        let _ = server
             .add_service(service)
             .serve_with_incoming(incoming)
             .await;

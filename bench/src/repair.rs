@@ -25,22 +25,32 @@ const BENCH: &str = "repair_fill";
 const LIMIT: Duration = Duration::from_secs(600);
 const HEARTBEAT: Duration = Duration::from_millis(200);
 
+async fn api(addr: &str) -> Result<ControllerServiceClient<tonic::transport::Channel>> {
+    let channel = crate::cluster::bench_transport()
+        .endpoint(addr)?
+        .connect()
+        .await?;
+    Ok(ControllerServiceClient::new(channel))
+}
+
 async fn status(addr: &str) -> Result<pb::StatusResponse> {
-    let mut c = ControllerServiceClient::connect(format!("http://{addr}")).await?;
-    Ok(c.status(pb::StatusRequest {}).await?.into_inner())
+    let mut request = tonic::Request::new(pb::StatusRequest {});
+    *request.metadata_mut() =
+        redcloud_proto::trust::admin_metadata(&crate::cluster::bench_secret());
+    Ok(api(addr).await?.status(request).await?.into_inner())
 }
 
 async fn login(addr: &str) -> Result<String> {
-    let mut c = ControllerServiceClient::connect(format!("http://{addr}")).await?;
+    let mut c = api(addr).await?;
     let _ = c
         .register(pb::RegisterRequest {
             user: "bench".into(),
-            password: "pw".into(),
+            password: "bench-password".into(),
         })
         .await;
     Ok(c.login(pb::LoginRequest {
         user: "bench".into(),
-        password: "pw".into(),
+        password: "bench-password".into(),
     })
     .await?
     .into_inner()
@@ -134,7 +144,8 @@ pub async fn run(report: &mut Report, profile: Profile) -> Result<()> {
         let p = path.clone();
         tokio::task::spawn_blocking(move || std::fs::write(&p, crate::data(size, 77 + i as u64)))
             .await??;
-        let mut controllers = Controllers::new(vec![ctl.clone()]);
+        let mut controllers =
+            Controllers::new(vec![ctl.clone()], crate::cluster::bench_transport());
         upload::upload(
             &mut controllers,
             &mut session,

@@ -13,6 +13,7 @@ use redcloud_chunk::node::NodeIdentity;
 use redcloud_chunk::scrub::ScrubConfig;
 use redcloud_chunk::store::conformance::test_chunk;
 use redcloud_chunk::{ChunkId, ChunkStore, Chunkserver, RocksOptions, RocksStore};
+use redcloud_proto::transport::Transport;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -45,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect();
     let total_mib = (count as f64 * size as f64) / (1024.0 * 1024.0);
-    let mut client = client::connect(&addr).await?;
+    let mut client = client::connect(&addr, &Transport::plaintext()).await?;
     // The example serves an in-memory store without a gate: no credential needed.
     let none = tonic::metadata::MetadataMap::new();
 

@@ -4,31 +4,19 @@
 //! (ReplicateChunk) all use these helpers, so every client streams with the same frame size,
 //! message limits and HTTP/2 windows as the server.
 
-use std::time::Duration;
-
 use bytes::{Bytes, BytesMut};
 use redcloud_proto::chunk::chunk_service_client::ChunkServiceClient;
 use redcloud_proto::chunk::write_chunk_request::Msg;
 use redcloud_proto::chunk::{ReadChunkRequest, WriteChunkRequest, WriteHeader};
-use redcloud_proto::{
-    CONNECTION_WINDOW, FRAME_SIZE, MAX_CHUNK_SIZE, MAX_MESSAGE_SIZE, STREAM_WINDOW,
-};
+use redcloud_proto::transport::Transport;
+use redcloud_proto::{FRAME_SIZE, MAX_CHUNK_SIZE, MAX_MESSAGE_SIZE};
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::id::ChunkId;
 
-/// How long to wait for a TCP connection to a chunkserver.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Deadline for one call's response: a whole upload of a chunk, or the first frame of a read.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// A `ChunkService` client over one HTTP/2 connection.
 pub type ChunkClient = ChunkServiceClient<Channel>;
-
-/// HTTP/2 frame size both ends accept.
-pub const MAX_H2_FRAME: u32 = 1 << 20;
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,20 +51,9 @@ pub enum ClientError {
     },
 }
 
-/// An endpoint for `addr` (`host:port` or a URI) with the shared windows and timeouts.
-pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    let uri = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(uri)?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REQUEST_TIMEOUT)
-        .tcp_nodelay(true)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_H2_FRAME))
+/// An endpoint for `addr` (`host:port` or a URI) over `transport`, with the shared limits.
+pub fn endpoint(addr: &str, transport: &Transport) -> Result<Endpoint, tonic::transport::Error> {
+    transport.endpoint(addr)
 }
 
 /// Wraps a channel in a client with the shared message size limits.
@@ -86,13 +63,13 @@ pub fn with_limits(channel: Channel) -> ChunkClient {
         .max_encoding_message_size(MAX_MESSAGE_SIZE)
 }
 
-/// Connects to the chunkserver at `addr` (`host:port` or a URI).
-pub async fn connect(addr: &str) -> Result<ChunkClient, ClientError> {
+/// Connects to the chunkserver at `addr` (`host:port` or a URI) over `transport`.
+pub async fn connect(addr: &str, transport: &Transport) -> Result<ChunkClient, ClientError> {
     let connect_error = |source| ClientError::Connect {
         addr: addr.to_owned(),
         source,
     };
-    let channel = endpoint(addr)
+    let channel = endpoint(addr, transport)
         .map_err(connect_error)?
         .connect()
         .await
@@ -217,18 +194,5 @@ mod tests {
     fn an_empty_chunk_is_just_a_header() {
         let requests: Vec<_> = write_requests(ChunkId::of(b""), Bytes::new()).collect();
         assert_eq!(requests.len(), 1);
-    }
-
-    #[test]
-    fn endpoints_accept_host_port_and_uris() {
-        assert_eq!(
-            endpoint("127.0.0.1:7000").unwrap().uri().to_string(),
-            "http://127.0.0.1:7000/"
-        );
-        assert_eq!(
-            endpoint("http://cs1:7000").unwrap().uri().to_string(),
-            "http://cs1:7000/"
-        );
-        assert!(endpoint("not a uri").is_err());
     }
 }

@@ -66,6 +66,8 @@ pub struct HeartbeatConfig {
     pub max_deltas: usize,
     /// The node credential every heartbeat carries (empty in insecure mode).
     pub credential: tonic::metadata::MetadataMap,
+    /// How controllers are dialed (TLS, or plaintext in insecure mode).
+    pub transport: redcloud_proto::transport::Transport,
 }
 
 impl HeartbeatConfig {
@@ -77,6 +79,7 @@ impl HeartbeatConfig {
             timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             max_deltas: MAX_DELTAS_PER_HEARTBEAT,
             credential: tonic::metadata::MetadataMap::new(),
+            transport: redcloud_proto::transport::Transport::plaintext(),
         }
     }
 }
@@ -407,7 +410,7 @@ impl HeartbeatWorker {
         if let Some(client) = self.clients.get(address) {
             return Ok(client.clone());
         }
-        let endpoint = crate::client::endpoint(address)
+        let endpoint = crate::client::endpoint(address, &self.config.transport)
             .map_err(|e| format!("bad controller address {address:?}: {e}"))?
             .connect_timeout(self.config.timeout)
             .timeout(self.config.timeout);

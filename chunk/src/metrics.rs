@@ -56,6 +56,8 @@ pub struct Metrics {
     pub writes_already_present: AtomicU64,
     /// Writes currently receiving data (a gauge).
     pub writes_in_progress: AtomicU64,
+    /// Writes and reads dropped because the caller stalled (see `service::STREAM_IDLE_TIMEOUT`).
+    pub stalled_streams: AtomicU64,
     /// Refused writes, indexed like `Rejection::ALL`.
     rejected: [AtomicU64; 6],
     /// ReadChunk calls answered with data.
@@ -124,7 +126,7 @@ impl Metrics {
 
     /// The counters plus the store's totals in the Prometheus text exposition format.
     pub fn render_prometheus(&self, stats: &StoreStats) -> String {
-        let counters: [(&str, &str, &AtomicU64); 15] = [
+        let counters: [(&str, &str, &AtomicU64); 16] = [
             (
                 "chunks_written",
                 "Chunks newly stored.",
@@ -191,6 +193,11 @@ impl Metrics {
                 "heartbeats_failed",
                 "Heartbeats that failed or timed out.",
                 &self.heartbeats_failed,
+            ),
+            (
+                "stalled_streams",
+                "Writes and reads dropped because the caller stalled.",
+                &self.stalled_streams,
             ),
         ];
         let mut out = String::new();

@@ -2,7 +2,7 @@
 //! address it advertises.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -64,6 +64,8 @@ pub struct ChunkserverConfig {
     /// The cluster secret (`--secret-file`): internal calls and chunk grants are checked
     /// against keys derived from it.
     pub secret: Option<redcloud_proto::trust::ClusterSecret>,
+    /// Certificates an operator brings instead of the ones derived from the secret.
+    pub tls: redcloud_proto::tls::TlsFiles,
     /// Run without a secret: every call is let in. Flagged in the logs.
     pub insecure: bool,
 }
@@ -93,6 +95,7 @@ impl ChunkserverConfig {
             scrub_rate: DEFAULT_SCRUB_RATE,
             id: None,
             secret: None,
+            tls: redcloud_proto::tls::TlsFiles::default(),
             insecure: false,
         }
     }
@@ -216,28 +219,18 @@ fn hostname() -> String {
     }
 }
 
-/// The address to advertise: the configured one, else the listener's, with an unspecified
-/// IP (0.0.0.0) replaced by the address the routing table would use to leave this host.
-pub fn advertised_address(configured: Option<&str>, local: SocketAddr) -> String {
-    if let Some(address) = configured {
-        return address.to_owned();
+/// The address others reach this chunkserver at: the configured one, else one found from
+/// the listener and the route toward its controllers (see
+/// [`redcloud_proto::local::advertised_address`]).
+pub fn advertised_address(
+    configured: Option<&str>,
+    local: SocketAddr,
+    controllers: &[String],
+) -> String {
+    match configured {
+        Some(address) => address.to_owned(),
+        None => redcloud_proto::local::advertised_address(local, controllers),
     }
-    let ip = if local.ip().is_unspecified() {
-        routed_ip().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
-    } else {
-        local.ip()
-    };
-    SocketAddr::new(ip, local.port()).to_string()
-}
-
-/// The source IP of the default route: connecting a UDP socket sends nothing but makes the
-/// kernel pick the outgoing interface.
-fn routed_ip() -> Option<IpAddr> {
-    let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
-    // 192.0.2.1 is TEST-NET-1: never actually contacted.
-    socket.connect("192.0.2.1:9").ok()?;
-    let ip = socket.local_addr().ok()?.ip();
-    (!ip.is_unspecified()).then_some(ip)
 }
 
 #[cfg(test)]
@@ -305,11 +298,7 @@ mod tests {
     #[test]
     fn advertised_address_prefers_config_then_listener() {
         let local: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        assert_eq!(advertised_address(Some("cs1:7200"), local), "cs1:7200");
-        assert_eq!(advertised_address(None, local), "127.0.0.1:4000");
-        let any: SocketAddr = "0.0.0.0:4000".parse().unwrap();
-        let detected: SocketAddr = advertised_address(None, any).parse().unwrap();
-        assert!(!detected.ip().is_unspecified());
-        assert_eq!(detected.port(), 4000);
+        assert_eq!(advertised_address(Some("cs1:7200"), local, &[]), "cs1:7200");
+        assert_eq!(advertised_address(None, local, &[]), "127.0.0.1:4000");
     }
 }

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use redcloud_proto::MAX_MESSAGE_SIZE;
 use redcloud_proto::chunk::chunk_service_server::ChunkServiceServer;
+use redcloud_proto::tls::NodeTls;
+use redcloud_proto::transport::{self, Transport};
 use redcloud_proto::trust::Gate;
-use redcloud_proto::{CONNECTION_WINDOW, MAX_MESSAGE_SIZE, STREAM_WINDOW};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::heartbeat::{HeartbeatConfig, HeartbeatWorker};
@@ -24,8 +25,8 @@ use crate::scrub::{ScrubConfig, ScrubWorker};
 use crate::service::ChunkServiceImpl;
 use crate::store::{ChunkStore, RocksOptions, RocksStore, TrackedStore};
 
-/// Concurrent requests per HTTP/2 connection.
-pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// How long open requests may run on after a shutdown begins.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Server-side deadline for a request's response (a whole upload or replication).
 pub const SERVER_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -38,6 +39,7 @@ pub struct Chunkserver {
     heartbeat: HeartbeatConfig,
     lineage: Arc<Lineage>,
     gate: Gate,
+    tls: NodeTls,
 }
 
 impl Chunkserver {
@@ -59,6 +61,10 @@ impl Chunkserver {
             heartbeat: HeartbeatConfig::new(Vec::new()),
             lineage: Arc::new(Lineage::in_memory()),
             gate: Gate::default(),
+            tls: NodeTls {
+                client: Transport::plaintext(),
+                server: None,
+            },
         }
     }
 
@@ -66,6 +72,13 @@ impl Chunkserver {
     /// carry the gate's node credential.
     pub fn with_gate(mut self, gate: Gate) -> Self {
         self.gate = gate;
+        self
+    }
+
+    /// Serves TLS with `tls.server` and dials other nodes with `tls.client` (default:
+    /// plaintext both ways, as `--insecure`).
+    pub fn with_tls(mut self, tls: NodeTls) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -110,6 +123,7 @@ impl Chunkserver {
         );
         let mut heartbeat_config = self.heartbeat;
         heartbeat_config.credential = self.gate.node_metadata();
+        heartbeat_config.transport = self.tls.client.clone();
         let heartbeat = HeartbeatWorker::spawn(
             self.store.clone(),
             self.metrics.clone(),
@@ -124,27 +138,46 @@ impl Chunkserver {
                 "INSECURE: no cluster secret; any caller may read, write and delete chunks"
             );
         }
-        let service =
-            ChunkServiceImpl::new(self.store, self.metrics, self.node, self.lineage, self.gate);
+        if self.tls.server.is_none() {
+            tracing::warn!("INSECURE: serving plaintext gRPC (no TLS)");
+        }
+        let service = ChunkServiceImpl::new(
+            self.store,
+            self.metrics,
+            self.node,
+            self.lineage,
+            self.gate,
+            self.tls.client.clone(),
+        );
         let service = ChunkServiceServer::new(service)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let served = Server::builder()
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-            .http2_keepalive_interval(Some(redcloud_proto::KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(redcloud_proto::KEEPALIVE_TIMEOUT))
-            .tcp_keepalive(Some(redcloud_proto::KEEPALIVE_INTERVAL))
-            .max_frame_size(crate::client::MAX_H2_FRAME)
+        let served = transport::server(self.tls.server.as_ref())
+            .context("TLS identity")?
             .timeout(SERVER_REQUEST_TIMEOUT)
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
+            .add_service(service);
+        // Requests in flight get SHUTDOWN_GRACE to finish; connections whose peers vanished
+        // without closing them do not hold the process after that.
+        let (fired, fired_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            let _ = fired.send(());
+        };
+        let serving = served.serve_with_incoming_shutdown(incoming, signal);
+        let served = tokio::select! {
+            r = serving => r,
+            _ = async {
+                let _ = fired_rx.await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
+                Ok(())
+            }
+        };
         stop.cancel();
-        let _ = scrub.await;
-        let _ = heartbeat.await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, scrub).await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, heartbeat).await;
         tracing::info!(%local, "chunkserver stopped");
         served.with_context(|| format!("serving ChunkService on {local}"))
     }
@@ -177,7 +210,7 @@ pub async fn run(
         .context("reading the listener's address")?;
     let node = NodeIdentity {
         id,
-        address: node::advertised_address(config.advertise.as_deref(), local),
+        address: node::advertised_address(config.advertise.as_deref(), local, &config.controllers),
         zone: config.zone.clone(),
     };
     let scrub = ScrubConfig {
@@ -190,9 +223,11 @@ pub async fn run(
         ..HeartbeatConfig::new(config.controllers)
     };
     let gate = Gate::new(config.secret.as_ref());
+    let tls = NodeTls::new(config.secret.as_ref(), &config.tls)?;
     Chunkserver::tracked(Arc::new(store), node, scrub)
         .with_heartbeat(heartbeat)
         .with_gate(gate)
+        .with_tls(tls)
         .with_lineage(Arc::new(lineage))
         .serve(listener, shutdown)
         .await

@@ -2,7 +2,9 @@
 //! answers. Every refusal goes through [`crate::error`] so clients see one clear line.
 //!
 //! Memory is bounded: a chunk being written or read is buffered whole (at most
-//! `MAX_CHUNK_SIZE`), and at most [`MAX_TRANSFERS`] such buffers exist at once.
+//! `MAX_CHUNK_SIZE`), and at most [`MAX_TRANSFERS`] such buffers exist at once. A caller that
+//! stops sending a write or stops taking a read's frames for [`STREAM_IDLE_TIMEOUT`] loses
+//! its stream and its buffer, so stalled callers cannot hold the transfer slots.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -41,6 +43,9 @@ pub const MAX_HAS_CHUNKS: usize = 100_000;
 pub const DEFAULT_LIST_PAGE: usize = 1_000;
 /// Most entries per ListChunks page (about 450 KB encoded).
 pub const MAX_LIST_PAGE: usize = 10_000;
+/// Longest wait for the next frame of a write, or for a reader to take the next frame of a
+/// read (25 KiB/s at the frame size: far below any working link).
+pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline for fetching a chunk from a replication source.
 pub const REPLICATE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -54,6 +59,8 @@ pub struct ChunkServiceImpl {
     /// Who may call what: nodes of the cluster for internal calls, grant holders for reads
     /// and writes of one chunk.
     gate: Gate,
+    /// How other chunkservers are dialed (ReplicateChunk pulls from a source).
+    transport: redcloud_proto::transport::Transport,
 }
 
 type FrameStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -66,6 +73,7 @@ impl ChunkServiceImpl {
         node: NodeIdentity,
         lineage: Arc<Lineage>,
         gate: Gate,
+        transport: redcloud_proto::transport::Transport,
     ) -> Self {
         Self {
             store,
@@ -74,6 +82,7 @@ impl ChunkServiceImpl {
             lineage,
             transfers: Arc::new(Semaphore::new(MAX_TRANSFERS)),
             gate,
+            transport,
         }
     }
 
@@ -153,10 +162,23 @@ impl ChunkServiceImpl {
         // `size` was checked against MAX_CHUNK_SIZE, so this allocation is bounded.
         let mut bytes = BytesMut::with_capacity(size as usize);
         loop {
-            let message = match stream.message().await {
-                Ok(Some(message)) => message,
-                Ok(None) => break,
-                Err(e) => {
+            let next = tokio::time::timeout(STREAM_IDLE_TIMEOUT, stream.message()).await;
+            let message = match next {
+                Ok(Ok(Some(message))) => message,
+                Ok(Ok(None)) => break,
+                Err(_) => {
+                    let got = bytes.len();
+                    let message = format!(
+                        "chunk {id}: write stream stalled after {got} of {size} bytes (nothing \
+                         for {STREAM_IDLE_TIMEOUT:?}); nothing stored"
+                    );
+                    tracing::info!("{message}");
+                    add(&self.metrics.stalled_streams, 1);
+                    return Err(
+                        self.refuse(Rejection::Truncated, Status::deadline_exceeded(message))
+                    );
+                }
+                Ok(Err(e)) => {
                     let got = bytes.len();
                     let message = format!(
                         "chunk {id}: write stream broke after {got} of {size} bytes ({}); nothing stored",
@@ -265,17 +287,18 @@ impl ChunkService for ChunkServiceImpl {
         add(&self.metrics.reads, 1);
         add(&self.metrics.bytes_read, data.len() as u64);
         // At least one frame, so the client always learns the chunk size.
-        let frames = data.len().div_ceil(FRAME_SIZE).max(1);
-        let stream = futures::stream::iter((0..frames).map(move |i| {
-            // The permit lives as long as the stream, bounding buffered chunks.
-            let _held = &permit;
+        let count = data.len().div_ceil(FRAME_SIZE).max(1);
+        let frames = (0..count).map(move |i| {
             let start = i * FRAME_SIZE;
-            Ok(ReadChunkResponse {
+            ReadChunkResponse {
                 data: data.slice(start..(start + FRAME_SIZE).min(data.len())),
                 chunk_size: if i == 0 { size } else { 0 },
-            })
-        }));
-        Ok(Response::new(Box::pin(stream)))
+            }
+        });
+        let stalled = self.metrics.clone();
+        Ok(Response::new(paced(id, frames, count, permit, move || {
+            add(&stalled.stalled_streams, 1)
+        })))
     }
 
     #[tracing::instrument(skip_all)]
@@ -419,7 +442,7 @@ impl ChunkService for ChunkServiceImpl {
         }
         let _permit = self.transfer_permit().await?;
         let fetch = async {
-            let mut source_client = client::connect(&source).await?;
+            let mut source_client = client::connect(&source, &self.transport).await?;
             client::read_chunk(&mut source_client, id, &self.gate.node_metadata()).await
         };
         let bytes = match tokio::time::timeout(REPLICATE_TIMEOUT, fetch).await {
@@ -464,4 +487,46 @@ impl ChunkService for ChunkServiceImpl {
             }),
         }))
     }
+}
+
+/// The response stream of a read: a task hands `frames` over one at a time and gives up (its
+/// buffer and `permit` with it) when the reader takes none for [`STREAM_IDLE_TIMEOUT`]; the
+/// reader then sees DEADLINE_EXCEEDED instead of a short stream.
+fn paced(
+    id: ChunkId,
+    frames: impl Iterator<Item = ReadChunkResponse> + Send + 'static,
+    count: usize,
+    permit: OwnedSemaphorePermit,
+    on_stall: impl FnOnce() + Send + 'static,
+) -> FrameStream<ReadChunkResponse> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let _permit = permit;
+        for frame in frames {
+            match tokio::time::timeout(STREAM_IDLE_TIMEOUT, tx.send(frame)).await {
+                Ok(Ok(())) => {}
+                // The reader went away.
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::info!(%id, "read stream stalled; dropped");
+                    on_stall();
+                    return;
+                }
+            }
+        }
+    });
+    let stream = futures::stream::unfold((rx, 0usize), move |(mut rx, sent)| async move {
+        match rx.recv().await {
+            Some(frame) => Some((Ok(frame), (rx, sent + 1))),
+            None if sent < count => {
+                let message = format!(
+                    "chunk {id}: the reader took no frame for {STREAM_IDLE_TIMEOUT:?}; stream dropped"
+                );
+                // Ends the stream after this error.
+                Some((Err(Status::deadline_exceeded(message)), (rx, count)))
+            }
+            None => None,
+        }
+    });
+    Box::pin(stream)
 }

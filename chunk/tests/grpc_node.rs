@@ -10,6 +10,7 @@ use redcloud_chunk::client::{self, ClientError};
 use redcloud_chunk::scrub::ScrubConfig;
 use redcloud_chunk::{ChunkserverConfig, run};
 use redcloud_proto::chunk::{InfoRequest, InfoResponse, ReplicateChunkRequest};
+use redcloud_proto::transport::Transport;
 use tokio::net::TcpListener;
 use tonic::Code;
 
@@ -142,7 +143,9 @@ async fn scrub_finds_drops_and_counts_a_corrupt_chunk() {
     wait_until("scrub reports the corrupt chunk", || {
         let addr = addr.clone();
         async move {
-            let mut client = client::connect(&addr).await.unwrap();
+            let mut client = client::connect(&addr, &Transport::plaintext())
+                .await
+                .unwrap();
             info(&mut client).await.scrub.unwrap().corrupt_found == 1
         }
     })
@@ -193,7 +196,9 @@ async fn run_keeps_its_node_id_and_chunks_across_restarts() {
     let (id, bytes) = chunk(30, 50_000);
 
     let (addr, stop, task) = spawn_run(config.clone()).await;
-    let mut client = client::connect(&addr).await.unwrap();
+    let mut client = client::connect(&addr, &Transport::plaintext())
+        .await
+        .unwrap();
     let first = info(&mut client).await;
     assert!(first.id.starts_with("cs-"), "{}", first.id);
     assert_eq!(
@@ -217,7 +222,9 @@ async fn run_keeps_its_node_id_and_chunks_across_restarts() {
         .unwrap();
 
     let (addr, stop, task) = spawn_run(config).await;
-    let mut client = client::connect(&addr).await.unwrap();
+    let mut client = client::connect(&addr, &Transport::plaintext())
+        .await
+        .unwrap();
     let second = info(&mut client).await;
     assert_eq!(second.id, first.id);
     assert_eq!(
@@ -265,7 +272,7 @@ async fn connecting_to_nothing_fails_within_the_connect_timeout() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         listener.local_addr().unwrap().to_string()
     };
-    let err = tokio::time::timeout(DEADLINE, client::connect(&dead))
+    let err = tokio::time::timeout(DEADLINE, client::connect(&dead, &Transport::plaintext()))
         .await
         .unwrap()
         .unwrap_err();

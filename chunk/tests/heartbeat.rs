@@ -21,6 +21,7 @@ use redcloud_chunk::{
 use redcloud_proto::chunk::{DeleteChunkRequest, InfoRequest, ListChunksRequest};
 use redcloud_proto::controller::registry_service_server::{RegistryService, RegistryServiceServer};
 use redcloud_proto::controller::{HeartbeatRequest, HeartbeatResponse};
+use redcloud_proto::transport::Transport;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -162,7 +163,9 @@ impl Node {
     }
 
     async fn client(&self) -> ChunkClient {
-        client::connect(&self.addr).await.unwrap()
+        client::connect(&self.addr, &Transport::plaintext())
+            .await
+            .unwrap()
     }
 
     async fn stop(self) {
@@ -282,7 +285,13 @@ async fn the_first_heartbeat_after_a_restart_reports_identity_totals_and_digest_
     let task = tokio::spawn(run(config.clone(), listener, async {
         let _ = stopped.await;
     }));
-    let stored = write(&mut client::connect(&addr).await.unwrap(), 0..3).await;
+    let stored = write(
+        &mut client::connect(&addr, &Transport::plaintext())
+            .await
+            .unwrap(),
+        0..3,
+    )
+    .await;
     stop.send(()).unwrap();
     tokio::time::timeout(DEADLINE, task)
         .await
@@ -324,7 +333,9 @@ async fn the_first_heartbeat_after_a_restart_reports_identity_totals_and_digest_
     );
 
     // From then on, changes arrive as deltas.
-    let mut client = client::connect(&addr).await.unwrap();
+    let mut client = client::connect(&addr, &Transport::plaintext())
+        .await
+        .unwrap();
     let new = write(&mut client, 10..11).await;
     wait_until("the new chunk is reported", || {
         let added: BTreeSet<_> = recorder

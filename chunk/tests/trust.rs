@@ -7,9 +7,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use redcloud_chunk::client::{self, ClientError};
 use redcloud_chunk::{ChunkId, ChunkserverConfig, run};
+use redcloud_proto::chunk::ReadChunkRequest;
 use redcloud_proto::chunk::{
     DeleteChunkRequest, HasChunksRequest, InfoRequest, ListChunksRequest, ReplicateChunkRequest,
 };
+use redcloud_proto::tls::ClusterCa;
+use redcloud_proto::transport::Transport;
 use redcloud_proto::trust::{Access, ClusterSecret, Gate, grant_metadata};
 use tokio::net::TcpListener;
 use tonic::Code;
@@ -19,6 +22,16 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 fn secret() -> ClusterSecret {
     ClusterSecret::from_bytes([11; 32])
+}
+
+/// How the cluster's nodes and clients dial: TLS verified against the CA of [`secret`].
+fn tls() -> Transport {
+    Transport::tls(
+        ClusterCa::from_secret(&secret())
+            .unwrap()
+            .cert_pem()
+            .as_bytes(),
+    )
 }
 
 fn chunk(seed: u8, len: usize) -> (ChunkId, Bytes) {
@@ -76,7 +89,7 @@ async fn every_call_without_a_credential_is_refused() {
     let node = Gate::new(Some(&secret())).node_metadata();
     let none = MetadataMap::new();
     let (id, bytes) = chunk(3, 70_000);
-    let mut c = client::connect(&addr).await.unwrap();
+    let mut c = client::connect(&addr, &tls()).await.unwrap();
 
     let e = client::write_chunk(&mut c, id, bytes.clone(), &none)
         .await
@@ -158,7 +171,7 @@ async fn a_grant_opens_one_chunk_for_one_access_until_it_expires() {
     let (x, x_bytes) = chunk(5, 40_000);
     let (y, y_bytes) = chunk(7, 40_000);
     let later = now_ms() + 60_000;
-    let mut c = client::connect(&addr).await.unwrap();
+    let mut c = client::connect(&addr, &tls()).await.unwrap();
 
     let write_x = grant_metadata(&key.sign(Access::Write, x.as_bytes(), later));
     // A write grant for X does not write Y.
@@ -205,4 +218,172 @@ async fn a_grant_opens_one_chunk_for_one_access_until_it_expires() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn only_a_tls_client_that_trusts_the_cluster_ca_gets_through() {
+    let (addr, _dir, stop, task) = secured().await;
+    let node = Gate::new(Some(&secret())).node_metadata();
+    let (id, bytes) = chunk(9, 10_000);
+    let mut c = client::connect(&addr, &tls()).await.unwrap();
+    client::write_chunk(&mut c, id, bytes.clone(), &node)
+        .await
+        .unwrap();
+
+    // Plaintext: the server speaks TLS only, so no call completes, credential or not.
+    let plain = tokio::time::timeout(DEADLINE, async {
+        let mut p = client::connect(&addr, &Transport::plaintext()).await?;
+        client::read_chunk(&mut p, id, &node).await
+    })
+    .await
+    .expect("a plaintext client gets an answer, not a hang");
+    assert!(plain.is_err(), "a plaintext client read a chunk");
+
+    // TLS trusting another cluster's CA: the server's certificate does not verify.
+    let other = ClusterCa::from_secret(&ClusterSecret::from_bytes([12; 32])).unwrap();
+    let wrong_ca = Transport::tls(other.cert_pem().as_bytes());
+    let wrong = tokio::time::timeout(DEADLINE, async {
+        let mut w = client::connect(&addr, &wrong_ca).await?;
+        client::read_chunk(&mut w, id, &node).await
+    })
+    .await
+    .expect("an untrusting client gets an answer, not a hang");
+    assert!(wrong.is_err(), "a client trusting another CA read a chunk");
+
+    // The right CA reads it.
+    assert_eq!(client::read_chunk(&mut c, id, &node).await.unwrap(), bytes);
+    stop.send(()).unwrap();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// 64 read streams of an 8 MiB chunk whose caller never takes a frame, all on one connection
+/// (twice the chunkserver's transfer slots): a legitimate read on another connection still
+/// gets its bytes, because a stream nobody reads is dropped after the idle timeout and frees
+/// its slot.
+#[tokio::test]
+async fn stalled_read_streams_do_not_block_a_legitimate_read() {
+    let (addr, _dir, stop, task) = secured().await;
+    let node = Gate::new(Some(&secret())).node_metadata();
+    let (id, bytes) = chunk(13, 8 << 20);
+    let mut c = client::connect(&addr, &tls()).await.unwrap();
+    client::write_chunk(&mut c, id, bytes.clone(), &node)
+        .await
+        .unwrap();
+
+    let stalled_conn = client::connect(&addr, &tls()).await.unwrap();
+    let mut stalled = Vec::new();
+    let mut opening = Vec::new();
+    for _ in 0..64 {
+        let mut s = stalled_conn.clone();
+        let request = Gate::new(Some(&secret())).node_request(ReadChunkRequest {
+            id: Bytes::copy_from_slice(id.as_bytes()),
+            offset: 0,
+            length: 0,
+        });
+        // Each call is opened (its response awaited in a task) and its stream never read.
+        opening.push(tokio::spawn(async move { s.read_chunk(request).await }));
+    }
+    // Let the server hand out its transfer slots to the stalled streams first.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let legit = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut fresh = client::connect(&addr, &tls()).await.unwrap();
+        client::read_chunk(&mut fresh, id, &node).await
+    })
+    .await
+    .expect("a legitimate read completes while 64 streams stall");
+    assert_eq!(legit.unwrap(), bytes);
+
+    // The stalled callers hold their (unread) streams until the legitimate read is done.
+    for o in opening {
+        if let Ok(Ok(Ok(response))) = tokio::time::timeout(DEADLINE, o).await {
+            stalled.push(response);
+        }
+    }
+    drop(stalled);
+    stop.send(()).unwrap();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// A write stream whose caller sends the header and then nothing is dropped after the idle
+/// timeout with a clear error; nothing is stored.
+#[tokio::test]
+async fn a_stalled_write_is_dropped_and_stores_nothing() {
+    use redcloud_proto::chunk::write_chunk_request::Msg;
+    use redcloud_proto::chunk::{WriteChunkRequest, WriteHeader};
+    let (addr, _dir, stop, task) = secured().await;
+    let gate = Gate::new(Some(&secret()));
+    let (id, _) = chunk(15, 100_000);
+    let mut c = client::connect(&addr, &tls()).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(WriteChunkRequest {
+        msg: Some(Msg::Header(WriteHeader {
+            id: Bytes::copy_from_slice(id.as_bytes()),
+            size: 100_000,
+        })),
+    })
+    .await
+    .unwrap();
+    let request = gate.node_request(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let answer = tokio::time::timeout(Duration::from_secs(60), c.write_chunk(request))
+        .await
+        .expect("the server gives up on a stalled write");
+    let status = answer.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("stalled"), "{status:?}");
+    drop(tx);
+    let e = client::read_chunk(&mut c, id, &gate.node_metadata())
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), Code::NotFound);
+    stop.send(()).unwrap();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// A chunkserver asked to stop while a caller holds a read stream open and unread (a
+/// caller that vanished looks the same from here) stops within its shutdown grace, instead
+/// of waiting for the caller.
+#[tokio::test]
+async fn a_chunkserver_stops_promptly_with_a_caller_that_went_silent() {
+    let (addr, _dir, stop, task) = secured().await;
+    let node = Gate::new(Some(&secret())).node_metadata();
+    let (id, bytes) = chunk(17, 8 << 20);
+    let mut c = client::connect(&addr, &tls()).await.unwrap();
+    client::write_chunk(&mut c, id, bytes, &node).await.unwrap();
+    // Enough unread streams on one connection to fill its flow-control window.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let request = Gate::new(Some(&secret())).node_request(ReadChunkRequest {
+            id: Bytes::copy_from_slice(id.as_bytes()),
+            offset: 0,
+            length: 0,
+        });
+        held.push(c.read_chunk(request).await.unwrap());
+    }
+    let asked = std::time::Instant::now();
+    stop.send(()).unwrap();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .expect("the chunkserver stops")
+        .unwrap()
+        .unwrap();
+    // Well under the stream idle timeout (10 s): the shutdown grace (5 s) cut it off.
+    assert!(
+        asked.elapsed() < Duration::from_secs(9),
+        "stopping took {:?}",
+        asked.elapsed()
+    );
+    drop(held);
 }

@@ -23,6 +23,8 @@ pub struct Cli {
 
 /// Where `redcloud dev` keeps its cluster secret (under its default data directory).
 pub const DEV_SECRET_FILE: &str = "./redcloud-data/cluster.secret";
+/// Where `redcloud dev` writes its cluster's CA certificate.
+pub const DEV_CA_FILE: &str = "./redcloud-data/ca.pem";
 
 #[derive(Debug, Clone, Args)]
 pub struct Global {
@@ -39,6 +41,14 @@ pub struct Global {
     /// set-replication). Default for the CLI: the dev cluster's, when present.
     #[arg(long, global = true, env = "REDCLOUD_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
+    /// The CA certificate servers are verified with (`redcloud ca` prints it). Default: the
+    /// one derived from the secret when one is given, else the dev cluster's.
+    #[arg(long, global = true, env = "REDCLOUD_CA")]
+    pub ca_file: Option<PathBuf>,
+    /// No secret and no TLS: for a cluster started with `--insecure` (development only).
+    /// Daemons then let every caller in; the CLI talks plaintext.
+    #[arg(long, global = true)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +125,11 @@ pub enum Command {
     },
     /// Change the cluster's replication policy: `all` or a number of copies.
     SetReplication { policy: String },
+    /// Print the cluster's CA certificate (derived from the secret): what clients without the
+    /// secret verify servers with (`--ca-file`, `$REDCLOUD_CA`).
+    Ca,
+    /// Log out: the controller revokes this session's token, and it is deleted here.
+    Logout,
     /// Print a new random cluster secret (or write it to a new file only you can read).
     Secret {
         /// Write it here (created with mode 0600; never overwrites) instead of printing it.
@@ -150,6 +165,43 @@ impl Global {
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEV_SECRET_FILE));
         redcloud_proto::trust::ClusterSecret::load(&path).ok()
+    }
+
+    /// The operator's TLS files, as the node libraries take them.
+    pub fn tls_files(&self, tls: &TlsArgs) -> redcloud_proto::tls::TlsFiles {
+        redcloud_proto::tls::TlsFiles {
+            ca: self.ca_file.clone(),
+            cert: tls.tls_cert.clone(),
+            key: tls.tls_key.clone(),
+        }
+    }
+
+    /// How a client dials the cluster: TLS verified with `--ca-file`, else with the CA
+    /// derived from `--secret-file`, else with the dev cluster's CA; plaintext only with
+    /// `--insecure`. Never falls back to plaintext by itself.
+    pub fn client_transport(&self) -> anyhow::Result<redcloud_proto::transport::Transport> {
+        use redcloud_proto::transport::Transport;
+        if let Some(ca) = &self.ca_file {
+            let pem = redcloud_proto::tls::read_pem(ca, false)?;
+            return Ok(Transport::tls(pem.as_bytes()));
+        }
+        if let Some(secret) = self.secret()? {
+            let ca = redcloud_proto::tls::ClusterCa::from_secret(&secret)?;
+            return Ok(Transport::tls(ca.cert_pem().as_bytes()));
+        }
+        let dev = std::path::Path::new(DEV_CA_FILE);
+        if dev.exists() {
+            let pem = redcloud_proto::tls::read_pem(dev, false)?;
+            return Ok(Transport::tls(pem.as_bytes()));
+        }
+        if self.insecure {
+            return Ok(Transport::plaintext());
+        }
+        anyhow::bail!(
+            "no CA certificate to verify the cluster with: pass --ca-file FILE or set \
+             $REDCLOUD_CA (`redcloud ca` on a node with the secret prints it), or use \
+             --insecure for a cluster started with --insecure"
+        )
     }
 
     /// The controllers a client tries: flags, then `$REDCLOUD_CONTROLLERS`, then the dev
@@ -233,9 +285,21 @@ pub struct ChunkserverArgs {
     /// Scrub rate in bytes per second (0 disables the scrubber).
     #[arg(long, default_value_t = 32 << 20)]
     pub scrub_rate: u64,
-    /// Run without a cluster secret: every caller is let in (development only).
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// Certificates an operator brings; without them a node issues itself one from the CA
+/// derived from the cluster secret.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsArgs {
+    /// This node's certificate chain (PEM), issued for the name `redcloud`; needs --tls-key
+    /// and --ca-file.
     #[arg(long)]
-    pub insecure: bool,
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM, mode 0600).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -286,6 +350,9 @@ pub struct ControllerArgs {
     /// Orphan chunks are deleted after this long unreferenced (milliseconds).
     #[arg(long, default_value_t = 3_600_000)]
     pub gc_grace_ms: u64,
+    /// How long a session token is valid (milliseconds; at most 30 days).
+    #[arg(long, default_value_t = 86_400_000)]
+    pub token_ttl_ms: u64,
     /// Largest tolerated clock skew against peers and chunkservers (milliseconds); a
     /// controller further off corrects its clock to the majority, or, when nobody can tell
     /// who is right, takes no time-based destructive action.
@@ -294,9 +361,8 @@ pub struct ControllerArgs {
     /// Test only: shift this controller's wall clock by this many milliseconds.
     #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
     pub clock_offset_ms: i64,
-    /// Run without a cluster secret: every caller is let in (development only).
-    #[arg(long)]
-    pub insecure: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 #[cfg(test)]

@@ -65,6 +65,37 @@ pub async fn run(cx: &mut ClientContext, command: Command) -> Result<()> {
             });
             Ok(())
         }
+        Command::Logout => {
+            let session = Session::load()?;
+            let revoked = cx
+                .call_authed(&session, pb::LogoutRequest {}, |mut cl, r| async move {
+                    cl.logout(r).await.map(|r| r.into_inner())
+                })
+                .await;
+            // Forgotten here either way; an expired or already revoked token needs no revoking.
+            Session::remove()?;
+            match revoked {
+                Ok(_) => {
+                    cx.print(json!({"logged_out": session.user}), || {
+                        format!(
+                            "logged out {}; the session's token is revoked",
+                            session.user
+                        )
+                    });
+                    Ok(())
+                }
+                Err(e) if e.to_string().starts_with("not logged in") => {
+                    cx.print(json!({"logged_out": session.user}), || {
+                        format!("logged out {} (the token had expired)", session.user)
+                    });
+                    Ok(())
+                }
+                Err(e) => Err(e.context(
+                    "the session is deleted here, but its token could not be revoked (it stays \
+                     valid until it expires)",
+                )),
+            }
+        }
         Command::Add { files, tags } => add(cx, &files, &tags).await,
         Command::List { tags } => {
             let files = list(cx, tags).await?;
@@ -254,12 +285,19 @@ pub async fn run(cx: &mut ClientContext, command: Command) -> Result<()> {
             Ok(())
         }
         Command::Status => {
+            // The cluster's view with the secret; the user's own counts with a login.
+            let token = Session::load().map(|s| s.token).unwrap_or_default();
+            let admin = cx.controllers.admin_metadata().clone();
             let resp = cx
                 .controllers
-                .call(|mut cl| async move {
-                    cl.status(pb::StatusRequest {})
-                        .await
-                        .map(|r| r.into_inner())
+                .call(|mut cl| {
+                    let mut req = authed(pb::StatusRequest {}, &token);
+                    for kv in admin.iter() {
+                        if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
+                            req.metadata_mut().insert(k.clone(), v.clone());
+                        }
+                    }
+                    async move { cl.status(req).await.map(|r| r.into_inner()) }
                 })
                 .await?;
             if cx.json {
@@ -336,6 +374,7 @@ pub async fn run(cx: &mut ClientContext, command: Command) -> Result<()> {
         | Command::Completions { .. }
         | Command::Dev(_)
         | Command::Secret { .. }
+        | Command::Ca
         | Command::Chunkserver(_)
         | Command::Controller(_) => bail!("not a client command"),
     }
@@ -489,6 +528,8 @@ pub fn status_json(s: &pb::StatusResponse) -> Value {
     let clock = s.clock.clone().unwrap_or_default();
     let gc = s.gc.clone().unwrap_or_default();
     json!({
+        "scope": s.scope,
+        "insecure": s.insecure,
         "controller": {"id": c.id, "address": c.address, "peers": c.peers,
                        "metadata_digest": c.metadata_digest},
         "controllers": s.controllers.iter().map(|c| json!({
@@ -521,6 +562,16 @@ pub fn status_json(s: &pb::StatusResponse) -> Value {
 }
 
 fn print_status(s: &pb::StatusResponse) {
+    if s.insecure {
+        println!(
+            "WARNING: this cluster runs --insecure: no secret, no TLS, anyone may do anything"
+        );
+    }
+    if s.scope == "user" {
+        println!("{} files, {} with conflicts", s.files, s.conflicts);
+        println!("(cluster-wide status needs the cluster secret: --secret-file)");
+        return;
+    }
     let c = s.controller.clone().unwrap_or_default();
     let chunks = s.chunks.unwrap_or_default();
     let repair = s.repair.unwrap_or_default();

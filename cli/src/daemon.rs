@@ -4,16 +4,10 @@
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 
-use redcloud_proto::trust::ClusterSecret;
-
-use crate::args::{ChunkserverArgs, ControllerArgs};
+use crate::args::{ChunkserverArgs, ControllerArgs, Global};
 
 /// `redcloud chunkserver`.
-pub async fn run_chunkserver(
-    a: ChunkserverArgs,
-    controllers: Vec<String>,
-    secret: Option<ClusterSecret>,
-) -> Result<()> {
+pub async fn run_chunkserver(a: ChunkserverArgs, global: &Global) -> Result<()> {
     let listener = TcpListener::bind(&a.listen)
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
@@ -21,18 +15,20 @@ pub async fn run_chunkserver(
     let mut config = redcloud_chunk::ChunkserverConfig::new(&a.data);
     config.listen = local;
     config.advertise = a.advertise;
-    config.controllers = controllers;
+    config.controllers = global.controllers.clone();
     config.zone = a.zone;
     config.capacity = a.capacity;
     config.scrub_rate = a.scrub_rate;
-    config.secret = secret;
-    config.insecure = a.insecure;
+    config.secret = global.secret()?;
+    config.tls = global.tls_files(&a.tls);
+    config.insecure = global.insecure;
     tracing::info!(listen = %local, data = %a.data.display(), "chunkserver starting");
     redcloud_chunk::run(config, listener, shutdown_signal()).await
 }
 
 /// `redcloud controller`.
-pub async fn run_controller(a: ControllerArgs, secret: Option<ClusterSecret>) -> Result<()> {
+pub async fn run_controller(a: ControllerArgs, global: &Global) -> Result<()> {
+    let tls = global.tls_files(&a.tls);
     let listener = TcpListener::bind(&a.listen)
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
@@ -51,9 +47,11 @@ pub async fn run_controller(a: ControllerArgs, secret: Option<ClusterSecret>) ->
         trash_retention_ms: a.trash_retention_ms,
         gc_grace_ms: a.gc_grace_ms,
         max_clock_skew_ms: a.max_clock_skew_ms,
+        token_ttl_ms: a.token_ttl_ms,
         clock_offset_ms: a.clock_offset_ms,
-        secret,
-        insecure: a.insecure,
+        secret: global.secret()?,
+        tls,
+        insecure: global.insecure,
         ..redcloud_meta::node::ControllerConfig::default()
     };
     redcloud_meta::node::run(config, listener, shutdown_signal()).await

@@ -82,6 +82,11 @@ pub async fn run(args: DevArgs) -> Result<()> {
     if !secret_file.exists() {
         redcloud_proto::trust::ClusterSecret::generate()?.write_new(&secret_file)?;
     }
+    // Its CA certificate, for clients without the secret (the CLI finds it there).
+    let secret = redcloud_proto::trust::ClusterSecret::load(&secret_file)?;
+    let ca = redcloud_proto::tls::ClusterCa::from_secret(&secret)?;
+    fs::write(args.data.join("ca.pem"), ca.cert_pem())
+        .with_context(|| format!("writing {}", args.data.join("ca.pem").display()))?;
     let mut nodes = Vec::new();
     let started = start_all(&exe, &args.data, &logs, &layout, &mut nodes).await;
     if let Err(e) = started {
@@ -202,6 +207,8 @@ fn spawn(exe: &Path, args: &[String], log: &Path, name: String) -> Result<Node> 
     let err = out.try_clone()?;
     let child = Command::new(exe)
         .args(args)
+        // Its nodes trust the CA derived from its own secret, whatever the caller's shell says.
+        .env_remove("REDCLOUD_CA")
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)

@@ -46,10 +46,20 @@ pub fn main_entry() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Controller(a) => daemon::run_controller(a, cli.global.secret()?).await,
-        Command::Chunkserver(a) => {
-            let secret = cli.global.secret()?;
-            daemon::run_chunkserver(a, cli.global.controllers, secret).await
+        Command::Controller(a) => daemon::run_controller(a, &cli.global).await,
+        Command::Chunkserver(a) => daemon::run_chunkserver(a, &cli.global).await,
+        Command::Ca => {
+            let Some(secret) = cli.global.secret()?.or_else(|| cli.global.admin_secret()) else {
+                anyhow::bail!(
+                    "`redcloud ca` derives the CA from the cluster secret: pass --secret-file \
+                     (or set $REDCLOUD_SECRET_FILE)"
+                );
+            };
+            print!(
+                "{}",
+                redcloud_proto::tls::ClusterCa::from_secret(&secret)?.cert_pem()
+            );
+            Ok(())
         }
         Command::Secret { output } => {
             let secret = redcloud_proto::trust::ClusterSecret::generate()?;
@@ -73,25 +83,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Shell => {
-            let mut cx = context(&cli.global);
+            let mut cx = context(&cli.global)?;
             shell::run(&mut cx).await
         }
         command => {
-            let mut cx = context(&cli.global);
+            let mut cx = context(&cli.global)?;
             commands::run(&mut cx, command).await
         }
     }
 }
 
-fn context(global: &args::Global) -> commands::ClientContext {
-    let mut controllers = client::connect::Controllers::new(global.client_controllers());
+fn context(global: &args::Global) -> anyhow::Result<commands::ClientContext> {
+    let transport = global.client_transport()?;
+    let mut controllers = client::connect::Controllers::new(global.client_controllers(), transport);
     if let Some(secret) = global.admin_secret() {
         controllers = controllers.with_admin_secret(&secret);
     }
-    commands::ClientContext {
+    Ok(commands::ClientContext {
         controllers,
         json: global.json,
-    }
+    })
 }
 
 /// An error and its causes on one line.

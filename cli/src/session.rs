@@ -75,6 +75,16 @@ impl Session {
         Ok(())
     }
 
+    /// Deletes the saved session (nothing to delete is fine).
+    pub fn remove() -> Result<()> {
+        let p = path()?;
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("deleting {}", p.display())),
+        }
+    }
+
     /// Remembers the newest write timestamp seen, keeping the maximum.
     pub fn observe_write(&mut self, hlc: u64) -> Result<()> {
         if hlc > self.last_write_hlc {

@@ -143,6 +143,7 @@ pub async fn run(cx: &mut ClientContext) -> Result<()> {
                 | Command::Controller(_)
                 | Command::Chunkserver(_)
                 | Command::Secret { .. }
+                | Command::Ca
                 | Command::Completions { .. } => {
                     eprintln!("error: that command is not available inside the shell");
                 }

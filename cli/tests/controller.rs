@@ -315,7 +315,7 @@ async fn gc_deletes_orphans_but_never_a_chunk_of_a_retained_version() {
         .unwrap()
         .into_inner();
     assert_eq!(del.names, ["doomed"]);
-    let mut chunk_client = redcloud_chunk::client::connect(&cs.addr).await.unwrap();
+    let mut chunk_client = chunk_client(&cs.addr).await;
     let mut uploads = Vec::new();
     let gone = wait_until("doomed's own chunks are collected", || {
         let ids = only_doomed.clone();

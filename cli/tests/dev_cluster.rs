@@ -71,6 +71,8 @@ fn client(home: &std::path::Path, base: u16, args: &[&str], stdin: &str) -> std:
     );
     let mut child = Command::new(BIN)
         .args(args)
+        .env_remove("REDCLOUD_SECRET_FILE")
+        .env_remove("REDCLOUD_CA")
         .env("REDCLOUD_HOME", home)
         .env("REDCLOUD_CONTROLLERS", controllers)
         .stdin(Stdio::piped())
@@ -103,8 +105,18 @@ fn dev_cluster_serves_stops_and_restarts_on_its_data() {
     let home = dir.path().join("home");
     let base = free_base(3);
     let mut dev = Dev::start(&data, base);
+    // The operator's view needs the secret; users get by with the CA certificate.
+    let secret = data.join("cluster.secret");
+    let secret = secret.to_str().unwrap();
+    let ca_file = data.join("ca.pem");
+    let ca = ca_file.to_str().unwrap();
     let ready = || {
-        let out = client(&home, base, &["--json", "status"], "");
+        let out = client(
+            &home,
+            base,
+            &["--secret-file", secret, "--json", "status"],
+            "",
+        );
         out.status.success()
             && serde_json::from_slice::<serde_json::Value>(&out.stdout)
                 .map(|s| s["chunkservers"].as_array().map(|a| a.len()) == Some(3))
@@ -112,11 +124,30 @@ fn dev_cluster_serves_stops_and_restarts_on_its_data() {
     };
     wait_until(Duration::from_secs(60), "the dev cluster answers", ready);
 
+    // `redcloud ca` derives from the secret the certificate the dev cluster wrote.
+    let printed = client(&home, base, &["--secret-file", secret, "ca"], "");
+    assert!(printed.status.success());
+    assert_eq!(printed.stdout, std::fs::read(&ca_file).unwrap());
+    // Without a CA (and not in the dev cluster's directory) the CLI refuses to talk
+    // plaintext, and says what to do.
+    let blind = client(
+        &home,
+        base,
+        &["register", "zoe", "--password-stdin"],
+        "password-1\n",
+    );
+    assert!(!blind.status.success());
+    let err = String::from_utf8_lossy(&blind.stderr);
+    assert!(
+        err.contains("--ca-file") && err.contains("redcloud ca"),
+        "{err}"
+    );
+
     assert!(
         client(
             &home,
             base,
-            &["register", "zoe", "--password-stdin"],
+            &["--ca-file", ca, "register", "zoe", "--password-stdin"],
             "password-1\n"
         )
         .status
@@ -126,7 +157,7 @@ fn dev_cluster_serves_stops_and_restarts_on_its_data() {
         client(
             &home,
             base,
-            &["login", "zoe", "--password-stdin"],
+            &["--ca-file", ca, "login", "zoe", "--password-stdin"],
             "password-1\n"
         )
         .status
@@ -137,7 +168,7 @@ fn dev_cluster_serves_stops_and_restarts_on_its_data() {
     let out = client(
         &home,
         base,
-        &["add", f.to_str().unwrap(), "--tag", "docs"],
+        &["--ca-file", ca, "add", f.to_str().unwrap(), "--tag", "docs"],
         "",
     );
     assert!(
@@ -169,6 +200,8 @@ fn dev_cluster_serves_stops_and_restarts_on_its_data() {
                 &home,
                 base,
                 &[
+                    "--ca-file",
+                    ca,
                     "download",
                     "notes.txt",
                     "-o",
@@ -182,4 +215,34 @@ fn dev_cluster_serves_stops_and_restarts_on_its_data() {
         },
     );
     assert_eq!(std::fs::read(&dest).unwrap(), content);
+
+    // A user's status shows their own counts; logout revokes the session.
+    let mine = client(&home, base, &["--ca-file", ca, "--json", "status"], "");
+    assert!(
+        mine.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mine.stderr)
+    );
+    let mine: serde_json::Value = serde_json::from_slice(&mine.stdout).unwrap();
+    assert_eq!(
+        (mine["scope"].as_str(), mine["files"].as_u64()),
+        (Some("user"), Some(1))
+    );
+    let token = std::fs::read_to_string(home.join("session.json")).unwrap();
+    assert!(
+        client(&home, base, &["--ca-file", ca, "logout"], "")
+            .status
+            .success()
+    );
+    let after = client(&home, base, &["--ca-file", ca, "list"], "");
+    assert!(!after.status.success(), "listing works after logout");
+    // The old token, put back by hand, is refused by the cluster.
+    std::fs::write(home.join("session.json"), token).unwrap();
+    let stolen = client(&home, base, &["--ca-file", ca, "list"], "");
+    assert!(!stolen.status.success());
+    assert!(
+        String::from_utf8_lossy(&stolen.stderr).contains("logged out"),
+        "{}",
+        String::from_utf8_lossy(&stolen.stderr)
+    );
 }

@@ -167,6 +167,10 @@ fn bad_input_gets_clear_errors() {
     // No controller reachable.
     let out = std::process::Command::new(common::BIN)
         .args(["--controller", "127.0.0.1:1", "status"])
+        .env(
+            "REDCLOUD_SECRET_FILE",
+            c.dir.path().join(common::SECRET_FILE),
+        )
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

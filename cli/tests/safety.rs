@@ -61,7 +61,7 @@ where
 }
 
 async fn present(addr: &str, ids: &[Bytes]) -> Vec<bool> {
-    let mut c = redcloud_chunk::client::connect(addr).await.unwrap();
+    let mut c = chunk_client(addr).await;
     c.has_chunks(node_request(redcloud_proto::chunk::HasChunksRequest {
         ids: ids.to_vec(),
         touch: false,
@@ -321,7 +321,7 @@ async fn an_upload_longer_than_the_gc_grace_commits() {
     let bytes = data(12 << 20, 14);
     let path = work.path().join("slow");
     std::fs::write(&path, &bytes).unwrap();
-    let mut ctl = Controllers::new(addrs.clone());
+    let mut ctl = Controllers::new(addrs.clone(), transport());
     let mut s = session(&token);
     let started = Instant::now();
     let options = UploadOptions {

@@ -24,20 +24,30 @@ async fn an_outsider_controller_with_another_secret_learns_nothing() {
     set_home(work.path());
     let a = controller(Vec::new(), |_| {}).await;
     let _alice = login(&a.addr, "alice").await;
+    let other = redcloud_proto::trust::ClusterSecret::from_bytes([99; 32]);
     let outsider = controller(vec![a.p2p.clone()], |cfg| {
-        cfg.secret = Some(redcloud_proto::trust::ClusterSecret::from_bytes([99; 32]));
+        cfg.secret = Some(other.clone());
     })
     .await;
+    // Its own clients: its CA, its admin credential.
+    let channel = transport_for(&other)
+        .endpoint(&outsider.addr)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut outsider_api = pb::controller_service_client::ControllerServiceClient::new(channel);
     // Several sync intervals and redials: the private network never lets it connect.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let s = status(&outsider.addr).await;
+    let mut request = tonic::Request::new(pb::StatusRequest {});
+    *request.metadata_mut() = redcloud_proto::trust::admin_metadata(&other);
+    let s = outsider_api.status(request).await.unwrap().into_inner();
     assert!(
         s.controller.as_ref().unwrap().peers.is_empty(),
         "the outsider connected: {:?}",
         s.controller
     );
-    let err = api(&outsider.addr)
-        .await
+    let err = outsider_api
         .login(pb::LoginRequest {
             user: "alice".into(),
             password: "password-1".into(),
@@ -64,9 +74,7 @@ async fn internal_and_operator_calls_need_their_credentials() {
     let work = tempfile::tempdir().unwrap();
     set_home(work.path());
     let c = controller(Vec::new(), |_| {}).await;
-    let mut registry = RegistryServiceClient::connect(format!("http://{}", c.addr))
-        .await
-        .unwrap();
+    let mut registry = RegistryServiceClient::new(channel(&c.addr).await);
     let fake = pb::HeartbeatRequest {
         id: "cs-fake".into(),
         address: "127.0.0.1:1".into(),
@@ -80,9 +88,7 @@ async fn internal_and_operator_calls_need_their_credentials() {
         "no fake server registered"
     );
 
-    let mut anonymous = AdminServiceClient::connect(format!("http://{}", c.addr))
-        .await
-        .unwrap();
+    let mut anonymous = AdminServiceClient::new(channel(&c.addr).await);
     let err = anonymous
         .set_replication(pb::SetReplicationRequest { policy: "1".into() })
         .await
@@ -258,9 +264,7 @@ async fn a_heartbeat_with_an_eight_mib_id_is_refused_and_registers_nothing() {
     let work = tempfile::tempdir().unwrap();
     set_home(work.path());
     let c = controller(Vec::new(), |_| {}).await;
-    let mut registry = RegistryServiceClient::connect(format!("http://{}", c.addr))
-        .await
-        .unwrap();
+    let mut registry = RegistryServiceClient::new(channel(&c.addr).await);
     let huge = pb::HeartbeatRequest {
         id: "x".repeat(8 << 20),
         address: "127.0.0.1:1".into(),
@@ -274,5 +278,136 @@ async fn a_heartbeat_with_an_eight_mib_id_is_refused_and_registers_nothing() {
     assert!(err.message().contains("id"), "{}", err.message());
     eprintln!("8 MiB heartbeat refused in {:?}", started.elapsed());
     assert!(status(&c.addr).await.chunkservers.is_empty());
+    c.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logout_revokes_the_token_on_every_controller() {
+    let work = tempfile::tempdir().unwrap();
+    set_home(work.path());
+    let a = controller(Vec::new(), |_| {}).await;
+    let b = controller(vec![a.p2p.clone()], |_| {}).await;
+    let token = login(&a.addr, "alice").await;
+    let list = |addr: String, token: String| async move {
+        api(&addr)
+            .await
+            .list(authed(pb::ListRequest { tags: vec![] }, &token))
+            .await
+    };
+    // The token works on both controllers (the account reached b by replication).
+    wait_until("alice's token works on b", || {
+        let (addr, token) = (b.addr.clone(), token.clone());
+        async move { list(addr, token).await.is_ok() }
+    })
+    .await;
+
+    api(&a.addr)
+        .await
+        .logout(authed(pb::LogoutRequest {}, &token))
+        .await
+        .unwrap();
+    let err = list(a.addr.clone(), token.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    assert!(err.message().contains("logged out"), "{err}");
+    // The revocation replicates: b refuses the token too.
+    wait_until("b refuses the revoked token", || {
+        let (addr, token) = (b.addr.clone(), token.clone());
+        async move {
+            matches!(list(addr, token).await, Err(e) if e.code() == Code::Unauthenticated)
+        }
+    })
+    .await;
+    // Logging out twice is refused (the token is already dead); a new login works.
+    let again = api(&a.addr)
+        .await
+        .logout(authed(pb::LogoutRequest {}, &token))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::Unauthenticated);
+    let fresh = login(&b.addr, "alice").await;
+    assert_ne!(fresh, token);
+    list(b.addr.clone(), fresh).await.unwrap();
+    b.node.stop().await;
+    a.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_shows_a_user_only_their_own_counts() {
+    let work = tempfile::tempdir().unwrap();
+    set_home(work.path());
+    let c = controller(Vec::new(), |cfg| cfg.write_quorum = 1).await;
+    let addrs = vec![c.addr.clone()];
+    let mut cs = Chunkserver::start(&addrs).await;
+    wait_active(&c.addr, 1).await;
+    let alice = login(&c.addr, "alice").await;
+    let bob = login(&c.addr, "bob").await;
+    put(&addrs, &alice, work.path(), "a1", &data(10_000, 1)).await;
+    put(&addrs, &alice, work.path(), "a2", &data(10_000, 2)).await;
+    put(&addrs, &bob, work.path(), "b1", &data(10_000, 3)).await;
+
+    let mine = api(&c.addr)
+        .await
+        .status(authed(pb::StatusRequest {}, &alice))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((mine.scope.as_str(), mine.files), ("user", 2));
+    assert!(
+        mine.chunkservers.is_empty() && mine.controllers.is_empty() && mine.controller.is_none(),
+        "a user sees nothing of the cluster: {mine:?}"
+    );
+    let anonymous = api(&c.addr)
+        .await
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+    let cluster = status(&c.addr).await;
+    assert_eq!((cluster.scope.as_str(), cluster.files), ("cluster", 3));
+    assert_eq!(cluster.chunkservers.len(), 1);
+    assert!(!cluster.insecure);
+    cs.stop().await;
+    c.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_controller_speaks_only_tls_verified_by_the_cluster_ca() {
+    let work = tempfile::tempdir().unwrap();
+    set_home(work.path());
+    let c = controller(Vec::new(), |_| {}).await;
+    let register = pb::RegisterRequest {
+        user: "carol".into(),
+        password: "password-1".into(),
+    };
+    // Plaintext: no call completes.
+    let plain = redcloud_proto::transport::Transport::plaintext();
+    let answer = tokio::time::timeout(LIMIT, async {
+        let channel = plain.endpoint(&c.addr)?.connect().await?;
+        let mut cl = pb::controller_service_client::ControllerServiceClient::new(channel);
+        cl.register(register.clone())
+            .await
+            .map_err(anyhow::Error::from)
+    })
+    .await
+    .expect("a plaintext client gets an answer, not a hang");
+    assert!(answer.is_err(), "a plaintext client registered");
+    // TLS trusting another cluster's CA: the controller's certificate does not verify.
+    let other = redcloud_proto::tls::ClusterCa::from_secret(
+        &redcloud_proto::trust::ClusterSecret::from_bytes([7; 32]),
+    )
+    .unwrap();
+    let wrong = redcloud_proto::transport::Transport::tls(other.cert_pem().as_bytes());
+    let answer = tokio::time::timeout(LIMIT, async {
+        let channel = wrong.endpoint(&c.addr)?.connect().await?;
+        let mut cl = pb::controller_service_client::ControllerServiceClient::new(channel);
+        cl.register(register.clone())
+            .await
+            .map_err(anyhow::Error::from)
+    })
+    .await
+    .expect("an untrusting client gets an answer, not a hang");
+    assert!(answer.is_err(), "a client trusting another CA registered");
+    // Nothing reached the controller: carol does not exist, and registers now over TLS.
+    api(&c.addr).await.register(register).await.unwrap();
     c.node.stop().await;
 }

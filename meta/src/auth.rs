@@ -13,6 +13,13 @@ type HmacSha256 = Hmac<Sha256>;
 
 const PREFIX: &str = "rc1";
 
+/// How long a session token lasts by default (`--token-ttl-ms`).
+pub const DEFAULT_TOKEN_TTL_MS: u64 = 24 * 3600 * 1000;
+/// The longest a controller may be configured to issue tokens for.
+pub const MAX_TOKEN_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
+/// Slack for clocks when refusing a token that claims to live longer than any may.
+const TTL_SLACK_MS: u64 = 24 * 3600 * 1000;
+
 /// Longest token we try to parse; anything longer is malformed.
 const MAX_TOKEN_LEN: usize = 512;
 
@@ -34,6 +41,11 @@ pub enum AuthError {
 pub struct Claims {
     pub user: String,
     pub expires_ms: u64,
+}
+
+/// The name a token is revoked under: a digest, so the document never holds a usable token.
+pub fn digest(token: &str) -> String {
+    hex::encode(&blake3::hash(token.as_bytes()).as_bytes()[..16])
 }
 
 /// Mints a token for `user` valid until `expires_ms`, signed with secret `key_id`.
@@ -83,6 +95,11 @@ pub fn verify<'a>(
         .map_err(|_| AuthError::BadSignature)?;
     if now_ms >= expires_ms {
         return Err(AuthError::Expired);
+    }
+    // No controller issues tokens for longer; such a token was not made by this cluster's
+    // rules (a misconfigured node, or a clock far ahead).
+    if expires_ms > now_ms.saturating_add(MAX_TOKEN_TTL_MS + TTL_SLACK_MS) {
+        return Err(AuthError::Malformed);
     }
     Ok(Claims {
         user: user.to_owned(),
@@ -188,6 +205,16 @@ mod tests {
     fn expired_token_is_refused() {
         let t = issue("alice", 2_000, "k1", K1);
         assert_eq!(verify(&t, secrets(), 2_000), Err(AuthError::Expired));
+        // A token claiming to live longer than any controller may issue is refused.
+        let far = issue(
+            "alice",
+            1_000 + MAX_TOKEN_TTL_MS + TTL_SLACK_MS + 1,
+            "k1",
+            K1,
+        );
+        assert_eq!(verify(&far, secrets(), 1_000), Err(AuthError::Malformed));
+        let longest = issue("alice", 1_000 + MAX_TOKEN_TTL_MS, "k1", K1);
+        assert!(verify(&longest, secrets(), 1_000).is_ok());
     }
 
     #[test]

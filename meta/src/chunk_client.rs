@@ -2,34 +2,33 @@
 //! copies (ReplicateChunk), collect garbage (DeleteChunk) and pull inventories (ListChunks).
 //! The controller talks to chunkservers only through the wire protocol, not their crate.
 
-use std::time::Duration;
-
 use redcloud_proto::chunk::chunk_service_client::ChunkServiceClient;
+use redcloud_proto::transport::Transport;
 use redcloud_proto::trust::{Credential, Gate};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
-
-/// How long to wait for a chunkserver to accept a connection.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+use tonic::transport::Channel;
 
 pub type Client = ChunkServiceClient<InterceptedService<Channel, Credential>>;
 
-/// Connects to a chunkserver at `addr` (`host:port`) with the shared limits and windows; every
-/// call carries `gate`'s node credential.
-pub async fn connect(addr: &str, gate: &Gate) -> anyhow::Result<Client> {
-    let uri = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    let channel = Endpoint::from_shared(uri)?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .initial_stream_window_size(redcloud_proto::STREAM_WINDOW)
-        .initial_connection_window_size(redcloud_proto::CONNECTION_WINDOW)
-        .connect()
-        .await?;
-    let credential = Credential(gate.node_metadata());
-    Ok(ChunkServiceClient::with_interceptor(channel, credential)
-        .max_decoding_message_size(redcloud_proto::MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(redcloud_proto::MAX_MESSAGE_SIZE))
+/// How this controller reaches chunkservers: over its transport (TLS verified against the
+/// cluster CA), every call carrying the node credential.
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    gate: Gate,
+    transport: Transport,
+}
+
+impl Dialer {
+    pub fn new(gate: Gate, transport: Transport) -> Dialer {
+        Dialer { gate, transport }
+    }
+
+    /// Connects to the chunkserver at `addr` (`host:port`) with the shared limits.
+    pub async fn connect(&self, addr: &str) -> anyhow::Result<Client> {
+        let channel = self.transport.endpoint(addr)?.connect().await?;
+        let credential = Credential(self.gate.node_metadata());
+        Ok(ChunkServiceClient::with_interceptor(channel, credential)
+            .max_decoding_message_size(redcloud_proto::MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(redcloud_proto::MAX_MESSAGE_SIZE))
+    }
 }

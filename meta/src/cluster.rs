@@ -89,6 +89,8 @@ pub struct ControllerView {
 }
 
 const FORGOTTEN: &str = "forgotten";
+/// Prefix of revoked-token entries in the users map.
+const REVOKED: &str = "revoked:";
 const MEMBER: &str = "member";
 const STATE: &str = "state";
 const LINEAGE: &str = "lineage";
@@ -285,9 +287,61 @@ impl MetaStore {
         }
     }
 
+    /// Revokes a session token (named by its digest) until `expires_ms`, when it would stop
+    /// working anyway. Revocations live in the users map under `revoked:` keys (no user name
+    /// has a colon), so they replicate with the accounts; entries a day past their token's
+    /// expiry are dropped in the same change.
+    pub fn revoke_token(
+        &mut self,
+        digest: &str,
+        expires_ms: u64,
+        wall_ms: u64,
+    ) -> Result<Commit, MetaError> {
+        if digest.is_empty() || digest.len() > 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(MetaError::invalid("token digest", "not a hex digest"));
+        }
+        const MARGIN_MS: u64 = 24 * 3600 * 1000;
+        let mut stale = Vec::new();
+        for key in self.cluster_keys("users")? {
+            if key.starts_with(REVOKED)
+                && let Some(v) = self.cluster_value("users", &key)?
+                && let Ok(b) = <[u8; 8]>::try_from(v.as_slice())
+                && u64::from_be_bytes(b).saturating_add(MARGIN_MS) < wall_ms
+            {
+                stale.push(key);
+            }
+        }
+        let key = format!("{REVOKED}{digest}");
+        let time = self.clock.tick(wall_ms);
+        let ((), commit) = self.commit(DocId::Cluster, time, |tx, m| {
+            tx.put(
+                m.get("users"),
+                key.as_str(),
+                expires_ms.to_be_bytes().to_vec(),
+            )?;
+            for old in &stale {
+                tx.delete(m.get("users"), old.as_str())?;
+            }
+            Ok(())
+        })?;
+        Ok(commit)
+    }
+
+    /// Whether the token with this digest was revoked (`redcloud logout`).
+    pub fn token_revoked(&self, digest: &str) -> Result<bool, MetaError> {
+        Ok(!self
+            .cluster_values("users", &format!("{REVOKED}{digest}"))?
+            .is_empty())
+    }
+
     /// Registered user names, sorted.
     pub fn users(&self) -> Result<Vec<String>, MetaError> {
-        self.cluster_keys("users")
+        Ok(self
+            .cluster_keys("users")?
+            .into_iter()
+            .filter(|k| !k.starts_with(REVOKED))
+            .collect())
     }
 
     /// This controller's token secret, creating one if it has none. Secrets are keyed

@@ -93,7 +93,7 @@ pub struct GcParts {
     pub live: Arc<LiveSet>,
     pub status: Arc<GcStatus>,
     pub metrics: Arc<Metrics>,
-    pub gate: redcloud_proto::trust::Gate,
+    pub chunks: crate::chunk_client::Dialer,
 }
 
 /// Runs GC passes until `shutdown` turns true.
@@ -166,7 +166,7 @@ async fn pass(p: &GcParts, config: &GcConfig, tracker: &mut OrphanTracker) {
         let Some(addr) = addresses.get(&d.server) else {
             continue;
         };
-        match delete(&p.gate, addr, &d.chunk, config.grace_ms, &facts.lineage).await {
+        match delete(&p.chunks, addr, &d.chunk, config.grace_ms, &facts.lineage).await {
             Ok(true) => {
                 p.metrics.gc_deleted.inc();
                 p.directory.note_removed(&d.server, &d.chunk);
@@ -253,13 +253,13 @@ async fn purge(p: &GcParts) -> Option<String> {
 }
 
 async fn delete(
-    gate: &redcloud_proto::trust::Gate,
+    chunks: &crate::chunk_client::Dialer,
     addr: &str,
     chunk: &[u8; 32],
     min_age_ms: u64,
     lineage: &[String],
 ) -> anyhow::Result<bool> {
-    let mut client = crate::chunk_client::connect(addr, gate).await?;
+    let mut client = chunks.connect(addr).await?;
     let resp = client
         .delete_chunk(redcloud_proto::chunk::DeleteChunkRequest {
             id: Bytes::copy_from_slice(chunk),

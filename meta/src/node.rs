@@ -78,6 +78,8 @@ pub struct ControllerConfig {
     /// The cluster secret (`--secret-file`): credentials, grants, token keys and the p2p
     /// network key derive from it.
     pub secret: Option<redcloud_proto::trust::ClusterSecret>,
+    /// Certificates an operator brings instead of the ones derived from the secret.
+    pub tls: redcloud_proto::tls::TlsFiles,
     /// Run without a secret: everyone is let in. Flagged in the logs and `status`.
     pub insecure: bool,
 }
@@ -101,10 +103,11 @@ impl Default for ControllerConfig {
             gc_interval: Duration::from_secs(10),
             repair_interval: Duration::from_secs(1),
             sync_interval: Duration::from_secs(1),
-            token_ttl_ms: 7 * 24 * 3600 * 1000,
+            token_ttl_ms: crate::auth::DEFAULT_TOKEN_TTL_MS,
             max_clock_skew_ms: clock::DEFAULT_MAX_SKEW_MS,
             clock_offset_ms: 0,
             secret: None,
+            tls: redcloud_proto::tls::TlsFiles::default(),
             insecure: false,
         }
     }
@@ -118,6 +121,13 @@ impl ControllerConfig {
                 "secret: no cluster secret: make one with `redcloud secret > FILE` (chmod \
                  600), pass --secret-file FILE (or set $REDCLOUD_SECRET_FILE), or start with \
                  --insecure"
+            );
+        }
+        if self.token_ttl_ms == 0 || self.token_ttl_ms > crate::auth::MAX_TOKEN_TTL_MS {
+            bail!(
+                "token_ttl_ms: {} is outside 1..={} (30 days)",
+                self.token_ttl_ms,
+                crate::auth::MAX_TOKEN_TTL_MS
             );
         }
         if self.write_quorum == 0 {
@@ -288,19 +298,29 @@ pub async fn start_network(
     Ok((net, events))
 }
 
+/// Who this controller is on the network, and how it dials other nodes.
+#[derive(Debug, Clone)]
+pub struct Local {
+    pub node_id: String,
+    /// The gRPC address it advertises.
+    pub address: String,
+    pub transport: redcloud_proto::transport::Transport,
+}
+
 /// Step 3: the controller's parts around a running metadata owner.
 pub fn components(
     config: &ControllerConfig,
-    node_id: String,
-    address: String,
+    local: Local,
     meta: MetaHandle,
     clock: Arc<NodeClock>,
     tokens: Tokens,
     members: HashMap<String, (String, String)>,
 ) -> Arc<Components> {
+    let gate = redcloud_proto::trust::Gate::new(config.secret.as_ref());
+    let transport = local.transport;
     Arc::new(Components {
-        node_id,
-        address,
+        node_id: local.node_id,
+        address: local.address,
         meta,
         clock,
         directory: Arc::new(Directory::new(config.heartbeat_timeout_ms, members)),
@@ -315,7 +335,8 @@ pub fn components(
             write_quorum: config.write_quorum,
             hold_interval_ms: (config.gc_grace_ms / 4).max(100),
         },
-        gate: redcloud_proto::trust::Gate::new(config.secret.as_ref()),
+        chunks: crate::chunk_client::Dialer::new(gate.clone(), transport),
+        gate,
         logins: Default::default(),
         hashers: Default::default(),
     })
@@ -372,7 +393,7 @@ pub async fn spawn_workers(
         live: parts.live.clone(),
         status: parts.repair.clone(),
         metrics: parts.metrics.clone(),
-        gate: parts.gate.clone(),
+        chunks: parts.chunks.clone(),
     };
     let repair_config = RepairConfig {
         interval: config.repair_interval,
@@ -395,7 +416,7 @@ pub async fn spawn_workers(
         live: parts.live.clone(),
         status: parts.gc.clone(),
         metrics: parts.metrics.clone(),
-        gate: parts.gate.clone(),
+        chunks: parts.chunks.clone(),
     };
     let gc_config = GcConfig {
         interval: config.gc_interval,
@@ -439,12 +460,16 @@ pub async fn spawn_workers(
     Ok(tasks)
 }
 
+/// How long each stage of a shutdown may take before what is left is cut off.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Step 5: the gRPC services on `listener` until `stop` turns true.
 pub fn serve(
     parts: &Arc<Components>,
     listener: TcpListener,
+    identity: Option<&redcloud_proto::tls::ServerIdentity>,
     mut stop: watch::Receiver<bool>,
-) -> JoinHandle<Result<(), tonic::transport::Error>> {
+) -> Result<JoinHandle<Result<(), tonic::transport::Error>>> {
     let max = redcloud_proto::MAX_MESSAGE_SIZE;
     let api = ControllerServiceServer::new(Api {
         parts: parts.clone(),
@@ -461,14 +486,9 @@ pub fn serve(
     })
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .initial_stream_window_size(redcloud_proto::STREAM_WINDOW)
-            .initial_connection_window_size(redcloud_proto::CONNECTION_WINDOW)
-            .http2_keepalive_interval(Some(redcloud_proto::KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(redcloud_proto::KEEPALIVE_TIMEOUT))
-            .tcp_keepalive(Some(redcloud_proto::KEEPALIVE_INTERVAL))
-            .max_concurrent_streams(redcloud_proto::MAX_STREAMS_PER_CONNECTION)
+    let builder = redcloud_proto::transport::server(identity).context("TLS identity")?;
+    Ok(tokio::spawn(
+        builder
             .concurrency_limit_per_connection(redcloud_proto::CONTROLLER_CONCURRENCY_PER_CONNECTION)
             .timeout(redcloud_proto::CONTROLLER_REQUEST_TIMEOUT)
             .add_service(api)
@@ -480,7 +500,7 @@ pub fn serve(
                     let _ = stop.changed().await;
                 },
             ),
-    )
+    ))
 }
 
 /// Starts a controller and returns once it serves.
@@ -495,7 +515,11 @@ pub async fn start(config: ControllerConfig, listener: TcpListener) -> Result<Co
     let address = config
         .advertise
         .clone()
-        .unwrap_or_else(|| advertised(grpc_addr));
+        .unwrap_or_else(|| advertised(grpc_addr, &config.bootstrap));
+    let tls = redcloud_proto::tls::NodeTls::new(config.secret.as_ref(), &config.tls)?;
+    if tls.server.is_none() {
+        tracing::warn!("INSECURE: serving plaintext gRPC (no TLS)");
+    }
     let (net, events) = start_network(&config, &mut opened, &address, &clock).await?;
     let store = &mut opened.store;
     let tokens = match &config.secret {
@@ -516,18 +540,15 @@ pub async fn start(config: ControllerConfig, listener: TcpListener) -> Result<Co
         .collect();
     // Everything written so far reaches peers through anti-entropy when they connect.
     let (meta, commits) = MetaHandle::spawn(opened.store);
-    let parts = components(
-        &config,
-        opened.node_id,
+    let local = Local {
+        node_id: opened.node_id,
         address,
-        meta,
-        clock,
-        tokens,
-        members,
-    );
+        transport: tls.client.clone(),
+    };
+    let parts = components(&config, local, meta, clock, tokens, members);
     let (stop, stop_rx) = watch::channel(false);
     let tasks = spawn_workers(&config, &parts, net.clone(), events, commits, &stop_rx).await?;
-    let server = serve(&parts, listener, stop_rx);
+    let server = serve(&parts, listener, tls.server.as_ref(), stop_rx)?;
     Ok(Controller {
         parts,
         net,
@@ -539,14 +560,28 @@ pub async fn start(config: ControllerConfig, listener: TcpListener) -> Result<Co
 }
 
 impl Controller {
-    /// Stops serving, stops the workers and the network, and waits for them.
+    /// Stops serving, stops the workers and the network, and waits for them, within
+    /// [`SHUTDOWN_GRACE`] per stage: requests in flight finish, but connections whose peers
+    /// vanished without closing them (a dead host, a deleted network namespace) and workers
+    /// stuck on such peers are cut off instead of holding the process.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
-        for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        let mut server = self.server;
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("gRPC connections still open after {SHUTDOWN_GRACE:?}; closing them");
+            server.abort();
         }
-        let _ = self.net.shutdown().await;
+        let mut tasks = self.tasks;
+        let all = futures::future::join_all(tasks.iter_mut());
+        if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
+            tracing::warn!("workers still busy after {SHUTDOWN_GRACE:?}; stopping them");
+            tasks.iter().for_each(JoinHandle::abort);
+        }
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.net.shutdown()).await;
+        // The metadata owner flushes and closes the store: it is given its time.
         self.parts.meta.shutdown().await;
     }
 }
@@ -564,21 +599,10 @@ async fn default_bootstrap() -> Vec<String> {
     }
 }
 
-/// The address to advertise for a listener: its own IP, or for an unspecified IP the
-/// address of the interface that holds the default route (found by connecting a UDP socket,
-/// which sends nothing), or loopback when there is none.
-pub fn advertised(local: SocketAddr) -> String {
-    if !local.ip().is_unspecified() {
-        return local.to_string();
-    }
-    let routed = std::net::UdpSocket::bind("0.0.0.0:0")
-        .and_then(|s| s.connect("192.0.2.1:9").map(|_| s))
-        .and_then(|s| s.local_addr())
-        .map(|a| a.ip())
-        .ok()
-        .filter(|ip| !ip.is_unspecified());
-    match routed {
-        Some(ip) => SocketAddr::new(ip, local.port()).to_string(),
-        None => SocketAddr::new([127, 0, 0, 1].into(), local.port()).to_string(),
-    }
+/// The address to advertise for a listener (see [`redcloud_proto::local::advertised_address`]):
+/// routes are looked up toward the bootstrap peers and the `controller` alias.
+pub fn advertised(local: SocketAddr, bootstrap: &[String]) -> String {
+    let mut toward: Vec<String> = bootstrap.to_vec();
+    toward.push("controller:7100".into());
+    redcloud_proto::local::advertised_address(local, &toward)
 }

@@ -5,7 +5,9 @@
 //! (`AdminService`). The `.proto` files under `proto/` are the source of truth. Besides the
 //! generated code this crate holds the limits both ends of every stream agree on, [`trust`]
 //! (the cluster secret and the credentials and grants derived from it, checked by every
-//! server) and [`local`] (data directories created private and durably).
+//! server), [`tls`] (the cluster CA derived from the secret and node certificates),
+//! [`transport`] (every gRPC client and server is built there, with one set of limits) and
+//! [`local`] (data directories created private and durably).
 
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
@@ -18,6 +20,8 @@ pub mod controller {
 }
 
 pub mod local;
+pub mod tls;
+pub mod transport;
 pub mod trust;
 
 /// Largest chunk a chunkserver accepts.

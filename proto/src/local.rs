@@ -80,3 +80,58 @@ mod tests {
         assert!(create_private_dir_all(&t.path().join("file")).is_err());
     }
 }
+
+/// The address a node advertises for a listener on `local` when the operator gave none: the
+/// listener's own IP when it is specific; for an unspecified IP (`0.0.0.0`), the source IP
+/// of the route toward the first of `toward` (`host:port` entries, such as the `controller`
+/// alias) that resolves, so a container on an overlay network advertises its overlay
+/// address rather than the one of its default route (Docker's `docker_gwbridge`, which other
+/// hosts cannot reach); then the default route's source IP; then loopback. Finding a route
+/// connects a UDP socket, which sends nothing.
+pub fn advertised_address(local: std::net::SocketAddr, toward: &[String]) -> String {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+    if !local.ip().is_unspecified() {
+        return local.to_string();
+    }
+    let resolved = toward
+        .iter()
+        .filter(|t| !t.contains('/'))
+        .filter_map(|t| t.to_socket_addrs().ok())
+        .flatten()
+        .map(|a| a.ip());
+    let ip = resolved
+        .chain(std::iter::once(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))))
+        .find_map(source_ip_toward)
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    SocketAddr::new(ip, local.port()).to_string()
+}
+
+fn source_ip_toward(target: std::net::IpAddr) -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind(("0.0.0.0", 0)).ok()?;
+    socket.connect((target, 9)).ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+#[cfg(test)]
+mod advertise_tests {
+    use super::advertised_address;
+
+    #[test]
+    fn a_specific_listener_is_advertised_as_it_is() {
+        let local = "127.0.0.1:4000".parse().unwrap();
+        assert_eq!(advertised_address(local, &[]), "127.0.0.1:4000");
+    }
+
+    #[test]
+    fn an_unspecified_listener_advertises_the_route_toward_the_peers() {
+        // A peer on loopback is reached from loopback: that is the address to advertise,
+        // whatever the default route says.
+        let any = "0.0.0.0:4000".parse().unwrap();
+        let toward = vec!["127.0.0.9:7100".to_string()];
+        assert_eq!(advertised_address(any, &toward), "127.0.0.1:4000");
+        // Without a peer: some specific address, on the listener's port.
+        let detected: std::net::SocketAddr = advertised_address(any, &[]).parse().unwrap();
+        assert!(!detected.ip().is_unspecified() && detected.port() == 4000);
+    }
+}

@@ -14,6 +14,7 @@ use redcloud_chunk::node::NodeIdentity;
 use redcloud_chunk::scrub::ScrubConfig;
 use redcloud_chunk::store::conformance::test_chunk;
 use redcloud_chunk::{ChunkId, ChunkStore, Chunkserver, RocksOptions, RocksStore};
+use redcloud_proto::transport::Transport;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -78,7 +79,9 @@ pub async fn start_with(capacity: Option<u64>, scrub: ScrubConfig) -> TestServer
 
 impl TestServer {
     pub async fn client(&self) -> ChunkClient {
-        client::connect(&self.addr).await.unwrap()
+        client::connect(&self.addr, &Transport::plaintext())
+            .await
+            .unwrap()
     }
 
     /// Stops the server and checks that it shut down cleanly.

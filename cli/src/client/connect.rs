@@ -7,11 +7,10 @@ use std::time::Duration;
 use anyhow::{Result, anyhow};
 use redcloud_proto::controller::admin_service_client::AdminServiceClient;
 use redcloud_proto::controller::controller_service_client::ControllerServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use redcloud_proto::transport::{CONNECT_TIMEOUT, Transport};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-/// How long to wait for a controller to accept a connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Upper bound on one metadata call (metadata calls are small; data moves elsewhere).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -24,6 +23,8 @@ pub struct Controllers {
     channel: Option<Channel>,
     /// Sent with every operator call (see `redcloud_proto::trust`).
     admin: tonic::metadata::MetadataMap,
+    /// How controllers and chunkservers are dialed (TLS, unless `--insecure`).
+    transport: Transport,
 }
 
 /// The operator API's client type.
@@ -32,13 +33,24 @@ pub type AdminClient = AdminServiceClient<
 >;
 
 impl Controllers {
-    pub fn new(addresses: Vec<String>) -> Self {
+    pub fn new(addresses: Vec<String>, transport: Transport) -> Self {
         Self {
             addresses,
             current: 0,
             channel: None,
             admin: tonic::metadata::MetadataMap::new(),
+            transport,
         }
+    }
+
+    /// The admin credential sent with operator calls (empty without the secret).
+    pub fn admin_metadata(&self) -> &tonic::metadata::MetadataMap {
+        &self.admin
+    }
+
+    /// How this client dials nodes; uploads and downloads reach chunkservers the same way.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
     }
 
     /// Operator calls carry the admin credential derived from `secret`.
@@ -96,7 +108,7 @@ impl Controllers {
             let addr = self.addresses[idx].clone();
             let channel = match self.channel.clone().filter(|_| idx == self.current) {
                 Some(c) => c,
-                None => match connect(&addr).await {
+                None => match connect(&addr, &self.transport).await {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::debug!(%addr, error = %e, "controller unreachable");
@@ -130,10 +142,8 @@ impl Controllers {
     }
 }
 
-async fn connect(addr: &str) -> Result<Channel> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT);
+async fn connect(addr: &str, transport: &Transport) -> Result<Channel> {
+    let endpoint = transport.endpoint(addr)?.timeout(CALL_TIMEOUT);
     let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
         .await
         .map_err(|_| anyhow!("connect to {addr} timed out"))??;

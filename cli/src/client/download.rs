@@ -73,7 +73,7 @@ pub async fn download(
     let out = Arc::new(out);
 
     let bar = progress::bytes_bar(&format!("downloading {name}"), file.size);
-    let pool = ChunkPool::default();
+    let pool = ChunkPool::new(ctl.transport().clone());
     let mut offset = 0;
     let jobs: Vec<(u64, ChunkLocation)> = resolved
         .chunks

@@ -135,7 +135,7 @@ pub async fn upload_with(
     let bar = progress::bytes_bar(&format!("uploading {name}"), bytes_to_send);
     let file =
         Arc::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?);
-    let pool = ChunkPool::default();
+    let pool = ChunkPool::new(ctl.transport().clone());
     let chunks_sent = new.len();
     write_all(&pool, &file, path, new, quorum, &bar, options).await?;
     bar.finish_and_clear();

@@ -233,6 +233,8 @@ impl Cluster {
         let out = Command::new(BIN)
             .args(["--controller", &self.controller_addr(i), "--json", "status"])
             .env("REDCLOUD_HOME", self.dir.path().join("status-home"))
+            // The operator's view of the cluster (and its CA) comes from the secret.
+            .env("REDCLOUD_SECRET_FILE", self.dir.path().join(SECRET_FILE))
             .output()
             .ok()?;
         if !out.status.success() {

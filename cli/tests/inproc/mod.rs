@@ -22,6 +22,31 @@ pub fn test_secret() -> redcloud_proto::trust::ClusterSecret {
     redcloud_proto::trust::ClusterSecret::from_bytes([42; 32])
 }
 
+/// How the test clients dial: TLS, verified against the CA derived from [`test_secret`].
+pub fn transport() -> redcloud_proto::transport::Transport {
+    transport_for(&test_secret())
+}
+
+/// TLS verified against the CA of a cluster with `secret`.
+pub fn transport_for(
+    secret: &redcloud_proto::trust::ClusterSecret,
+) -> redcloud_proto::transport::Transport {
+    let ca = redcloud_proto::tls::ClusterCa::from_secret(secret).unwrap();
+    redcloud_proto::transport::Transport::tls(ca.cert_pem().as_bytes())
+}
+
+/// A TLS channel to the node at `addr`.
+pub async fn channel(addr: &str) -> tonic::transport::Channel {
+    transport().endpoint(addr).unwrap().connect().await.unwrap()
+}
+
+/// A chunk client of the chunkserver at `addr`.
+pub async fn chunk_client(addr: &str) -> redcloud_chunk::client::ChunkClient {
+    redcloud_chunk::client::connect(addr, &transport())
+        .await
+        .unwrap()
+}
+
 /// `msg` with the node credential of the test clusters (for calls to chunkservers).
 pub fn node_request<T>(msg: T) -> tonic::Request<T> {
     redcloud_proto::trust::Gate::new(Some(&test_secret())).node_request(msg)
@@ -29,11 +54,7 @@ pub fn node_request<T>(msg: T) -> tonic::Request<T> {
 
 /// An operator client of the controller at `addr`, with the admin credential.
 pub async fn admin(addr: &str) -> redcloud::client::connect::AdminClient {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = channel(addr).await;
     redcloud_proto::controller::admin_service_client::AdminServiceClient::with_interceptor(
         channel,
         redcloud_proto::trust::Credential(redcloud_proto::trust::admin_metadata(&test_secret())),
@@ -137,9 +158,7 @@ pub async fn controller_in(
 }
 
 pub async fn api(addr: &str) -> ControllerServiceClient<tonic::transport::Channel> {
-    ControllerServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap()
+    ControllerServiceClient::new(channel(addr).await)
 }
 
 pub async fn login(addr: &str, user: &str) -> String {
@@ -160,13 +179,11 @@ pub async fn login(addr: &str, user: &str) -> String {
     .token
 }
 
+/// The cluster-wide status of controller `addr` (asked with the admin credential).
 pub async fn status(addr: &str) -> pb::StatusResponse {
-    api(addr)
-        .await
-        .status(pb::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
+    let mut request = tonic::Request::new(pb::StatusRequest {});
+    *request.metadata_mut() = redcloud_proto::trust::admin_metadata(&test_secret());
+    api(addr).await.status(request).await.unwrap().into_inner()
 }
 
 pub async fn wait_until<F, Fut>(what: &str, mut ok: F) -> Duration
@@ -224,7 +241,7 @@ pub async fn put_tagged(
 ) -> pb::FileInfo {
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
-    let mut ctl = Controllers::new(addrs.to_vec());
+    let mut ctl = Controllers::new(addrs.to_vec(), transport());
     let mut s = session(token);
     // The session file is written under REDCLOUD_HOME; keep it inside the test dir.
     upload::upload(&mut ctl, &mut s, &path, name, &[tag.to_string()])
@@ -235,7 +252,7 @@ pub async fn put_tagged(
 
 pub async fn get(addrs: &[String], token: &str, dir: &Path, name: &str) -> Vec<u8> {
     let out = dir.join(format!("{name}.out"));
-    let mut ctl = Controllers::new(addrs.to_vec());
+    let mut ctl = Controllers::new(addrs.to_vec(), transport());
     download::download(&mut ctl, &session(token), name, None, &out, true)
         .await
         .unwrap();

@@ -82,7 +82,7 @@ pub struct RepairParts {
     pub live: Arc<LiveSet>,
     pub status: Arc<RepairStatus>,
     pub metrics: Arc<Metrics>,
-    pub gate: redcloud_proto::trust::Gate,
+    pub chunks: crate::chunk_client::Dialer,
 }
 
 /// Per-chunk retry state after a failed copy.
@@ -253,7 +253,8 @@ impl Worker {
                 address: address.clone(),
             }];
             for batch in chunks.chunks(crate::service::MAX_CHUNKS_PER_CALL) {
-                let found = confirm::confirm_copies(&self.parts.gate, &target, batch, false).await;
+                let found =
+                    confirm::confirm_copies(&self.parts.chunks, &target, batch, false).await;
                 if let Some(c) = batch.iter().find(|c| !found.contains_key(*c)) {
                     return Err(format!("{server} did not confirm chunk {}", hex::encode(c)));
                 }
@@ -299,11 +300,12 @@ impl Worker {
             st.in_flight.add(1);
             let (target, source) = (target.clone(), source.clone());
             let timeout = self.config.copy_timeout;
-            let gate = self.parts.gate.clone();
+            let chunks = self.parts.chunks.clone();
             self.tasks.spawn(async move {
-                let r = tokio::time::timeout(timeout, copy(&gate, &target, &source, &order.chunk))
-                    .await
-                    .unwrap_or_else(|_| Err("copy timed out".into()));
+                let r =
+                    tokio::time::timeout(timeout, copy(&chunks, &target, &source, &order.chunk))
+                        .await
+                        .unwrap_or_else(|_| Err("copy timed out".into()));
                 (order, r)
             });
         }
@@ -350,12 +352,13 @@ impl Worker {
 
 /// Orders `target` to pull `chunk` from `source`.
 async fn copy(
-    gate: &redcloud_proto::trust::Gate,
+    chunks: &crate::chunk_client::Dialer,
     target: &str,
     source: &str,
     chunk: &ChunkHash,
 ) -> Result<(), String> {
-    let mut client = crate::chunk_client::connect(target, gate)
+    let mut client = chunks
+        .connect(target)
         .await
         .map_err(|e| format!("cannot reach {target}: {e}"))?;
     client

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use redcloud_proto::trust::Gate;
 
 use crate::directory::Target;
 use crate::record::ChunkHash;
@@ -20,15 +19,17 @@ pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Copies confirmed per chunk (servers that answered yes), asking every server in `servers`
 /// at once. A server that fails or times out confirms nothing.
 pub async fn confirm_copies(
-    gate: &Gate,
+    dialer: &crate::chunk_client::Dialer,
     servers: &[Target],
     chunks: &[ChunkHash],
     touch: bool,
 ) -> HashMap<ChunkHash, Vec<String>> {
     let asks = servers.iter().map(|t| async move {
-        let found =
-            tokio::time::timeout(CONFIRM_TIMEOUT, has_chunks(gate, &t.address, chunks, touch))
-                .await;
+        let found = tokio::time::timeout(
+            CONFIRM_TIMEOUT,
+            has_chunks(dialer, &t.address, chunks, touch),
+        )
+        .await;
         match found {
             Ok(Ok(present)) => Some((t.id.clone(), present)),
             Ok(Err(e)) => {
@@ -54,12 +55,12 @@ pub async fn confirm_copies(
 
 /// Asks one chunkserver which of `ids` it holds.
 async fn has_chunks(
-    gate: &Gate,
+    dialer: &crate::chunk_client::Dialer,
     addr: &str,
     ids: &[ChunkHash],
     touch: bool,
 ) -> anyhow::Result<Vec<bool>> {
-    let mut client = crate::chunk_client::connect(addr, gate).await?;
+    let mut client = dialer.connect(addr).await?;
     let req = redcloud_proto::chunk::HasChunksRequest {
         ids: ids.iter().map(|c| Bytes::copy_from_slice(c)).collect(),
         touch,

@@ -79,6 +79,8 @@ pub struct Components {
     pub settings: ApiSettings,
     /// The credentials this controller checks and presents (open in insecure mode).
     pub gate: redcloud_proto::trust::Gate,
+    /// How chunkservers are reached (confirming copies, inventories).
+    pub chunks: crate::chunk_client::Dialer,
     /// Failed-login counts (brute force is slowed) and the argon2 pool.
     pub logins: Arc<logins::Limiter>,
     pub hashers: logins::Hashers,
@@ -108,6 +110,15 @@ impl Components {
 
     /// The user named by the request's bearer token.
     pub async fn user<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        self.session(req).await.map(|(claims, _)| claims.user)
+    }
+
+    /// The claims of the request's bearer token, and its digest (what a logout revokes).
+    /// Refused when the token is invalid, expired or revoked.
+    pub async fn session<T>(
+        &self,
+        req: &Request<T>,
+    ) -> Result<(crate::auth::Claims, String), Status> {
         let token = req
             .metadata()
             .get("authorization")
@@ -115,19 +126,24 @@ impl Components {
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| Status::unauthenticated("missing token: log in first"))?;
         let now = self.clock.now_ms();
-        match self.tokens.check(token, now) {
-            Ok(c) => Ok(c.user),
+        let claims = match self.tokens.check(token, now) {
+            Ok(c) => c,
             // A key minted by a controller we have not heard from yet may have arrived since.
             Err(AuthError::UnknownKey) => {
                 let fresh = self.read(|s| s.secrets()).await?;
                 self.tokens.refresh(fresh);
-                self.tokens
-                    .check(token, now)
-                    .map(|c| c.user)
-                    .map_err(errors::auth)
+                self.tokens.check(token, now).map_err(errors::auth)?
             }
-            Err(e) => Err(errors::auth(e)),
+            Err(e) => return Err(errors::auth(e)),
+        };
+        let digest = crate::auth::digest(token);
+        let d = digest.clone();
+        if self.read(move |s| s.token_revoked(&d)).await? {
+            return Err(Status::unauthenticated(
+                "this session was logged out: log in again",
+            ));
         }
+        Ok((claims, digest))
     }
 }
 
@@ -415,7 +431,7 @@ impl ControllerService for Api {
             ));
         }
         let quorum = (p.settings.write_quorum as usize).min(active.len()).max(1);
-        let copies = confirm::confirm_copies(&p.gate, &active, &distinct, true).await;
+        let copies = confirm::confirm_copies(&p.chunks, &active, &distinct, true).await;
         let count = |h: &ChunkHash| copies.get(h).map_or(0, Vec::len);
         for (h, servers) in &copies {
             for s in servers {
@@ -483,7 +499,7 @@ impl ControllerService for Api {
         let servers = p
             .directory
             .servers_in(p.clock.mono_ms(), &[Health::Active, Health::Draining]);
-        let copies = confirm::confirm_copies(&p.gate, &servers, &ids, true).await;
+        let copies = confirm::confirm_copies(&p.chunks, &servers, &ids, true).await;
         Ok(Response::new(pb::HoldChunksResponse {
             held: copies.len() as u32,
         }))
@@ -677,12 +693,42 @@ impl ControllerService for Api {
         }))
     }
 
+    async fn logout(
+        &self,
+        req: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let p = &self.parts;
+        p.metrics.api_calls.inc();
+        let (claims, digest) = p.session(&req).await?;
+        let now = p.clock.now_ms();
+        p.meta
+            .mutate(move |s| {
+                let c = s.revoke_token(&digest, claims.expires_ms, now)?;
+                Ok((pb::LogoutResponse {}, vec![c]))
+            })
+            .await
+            .map_err(errors::status)
+            .map(Response::new)
+    }
+
+    /// The whole cluster for a caller with the admin credential; a logged-in user's own
+    /// counts otherwise.
     async fn status(
         &self,
-        _req: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        self.parts.metrics.api_calls.inc();
-        status::status(&self.parts).await.map(Response::new)
+        let p = &self.parts;
+        p.metrics.api_calls.inc();
+        if p.gate.require_admin(req.metadata()).is_ok() {
+            return status::status(p).await.map(Response::new);
+        }
+        let user = p.user(&req).await.map_err(|_| {
+            Status::unauthenticated(
+                "status: log in for your own counts, or run it with the cluster secret \
+                 (--secret-file) for the cluster's",
+            )
+        })?;
+        status::user_status(p, user).await.map(Response::new)
     }
 }
 

@@ -154,9 +154,12 @@ impl RegistryService for RegistryApi {
     }
 }
 
+/// Longest wait for the next page of a chunkserver's inventory.
+const INVENTORY_PAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Replaces the directory's view of one server's inventory with a full listing.
 async fn pull_inventory(parts: Arc<Components>, id: String, address: String) {
-    let inventory = match list_all(&parts.gate, &address).await {
+    let inventory = match list_all(&parts.chunks, &address).await {
         Ok(ids) => {
             parts.metrics.inventory_pulls.inc();
             Some(ids)
@@ -170,10 +173,10 @@ async fn pull_inventory(parts: Arc<Components>, id: String, address: String) {
 }
 
 async fn list_all(
-    gate: &redcloud_proto::trust::Gate,
+    chunks: &crate::chunk_client::Dialer,
     address: &str,
 ) -> anyhow::Result<Vec<ChunkHash>> {
-    let mut client = crate::chunk_client::connect(address, gate).await?;
+    let mut client = chunks.connect(address).await?;
     let req = redcloud_proto::chunk::ListChunksRequest {
         after: bytes::Bytes::new(),
         page_size: INVENTORY_PAGE,
@@ -181,7 +184,14 @@ async fn list_all(
     };
     let mut pages = client.list_chunks(req).await?.into_inner();
     let mut out = Vec::new();
-    while let Some(page) = pages.next().await {
+    // A server that stops sending pages is given up on (the pull is retried later), so a
+    // stalled listing never pins the pull slot.
+    while let Some(page) = tokio::time::timeout(INVENTORY_PAGE_TIMEOUT, pages.next())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("{address} sent no inventory page for {INVENTORY_PAGE_TIMEOUT:?}")
+        })?
+    {
         for c in page?.chunks {
             let id: ChunkHash = c.id[..]
                 .try_into()

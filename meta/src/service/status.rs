@@ -21,6 +21,28 @@ struct MetaFacts {
     shards: u32,
 }
 
+/// A user's own view: their live files and conflicts, nothing about the cluster.
+pub async fn user_status(p: &Components, user: String) -> Result<pb::StatusResponse, Status> {
+    let (files, conflicts) = p
+        .meta
+        .call(move |s| -> Result<(u64, u64), crate::error::MetaError> {
+            Ok((
+                s.list(&user, &[])?.len() as u64,
+                s.conflicts(&user)?.len() as u64,
+            ))
+        })
+        .await
+        .map_err(errors::stopped)?
+        .map_err(errors::status)?;
+    Ok(pb::StatusResponse {
+        files,
+        conflicts,
+        scope: "user".into(),
+        insecure: !p.gate.secure(),
+        ..pb::StatusResponse::default()
+    })
+}
+
 pub async fn status(p: &Components) -> Result<pb::StatusResponse, Status> {
     let facts = p
         .meta
@@ -124,6 +146,8 @@ pub async fn status(p: &Components) -> Result<pb::StatusResponse, Status> {
         }),
         files: facts.files,
         conflicts: facts.conflicts,
+        scope: "cluster".into(),
+        insecure: !p.gate.secure(),
         repair: Some(pb::RepairStats {
             queued: r.queued.get(),
             in_flight: r.in_flight.get(),
