@@ -167,6 +167,7 @@ async fn start_node(
         inner: storage,
         node: index,
         events,
+        pending: Vec::new(),
     };
     let store = MetaStore::open(
         Box::new(probe),

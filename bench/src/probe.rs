@@ -30,11 +30,14 @@ impl Applied {
     }
 }
 
-/// Wraps a node's storage and reports each `append` on `events`.
+/// Wraps a node's storage and reports each `append` on `events`, once it is durable: at once
+/// for a synced write, at the next `sync` when the owner groups commits.
 pub struct ProbeStorage<S> {
     pub inner: S,
     pub node: usize,
     pub events: mpsc::UnboundedSender<Applied>,
+    /// Appends waiting for the group's sync.
+    pub pending: Vec<Applied>,
 }
 
 impl<S: DocStorage> DocStorage for ProbeStorage<S> {
@@ -50,15 +53,37 @@ impl<S: DocStorage> DocStorage for ProbeStorage<S> {
     ) -> Result<(), StorageError> {
         let applied = Instant::now();
         self.inner.append(doc, increment, meta)?;
-        let durable = Instant::now();
-        let _ = self.events.send(Applied {
+        let event = Applied {
             node: self.node,
             doc: doc.to_owned(),
             applied,
-            durable,
+            durable: Instant::now(),
             bytes: increment.to_vec(),
-        });
+        };
+        if self.inner.unsynced() {
+            self.pending.push(event);
+        } else {
+            let _ = self.events.send(event);
+        }
         Ok(())
+    }
+
+    fn defer_sync(&mut self, deferred: bool) {
+        self.inner.defer_sync(deferred);
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        self.inner.sync()?;
+        let durable = Instant::now();
+        for mut event in self.pending.drain(..) {
+            event.durable = durable;
+            let _ = self.events.send(event);
+        }
+        Ok(())
+    }
+
+    fn unsynced(&self) -> bool {
+        self.inner.unsynced()
     }
 
     fn compact(&mut self, doc: &str, snapshot: &[u8]) -> Result<(), StorageError> {

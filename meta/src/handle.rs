@@ -6,6 +6,13 @@
 //! panic is counted and logged, and the thread goes on with the next job (an Automerge
 //! transaction left open by the panic rolls back when dropped).
 //!
+//! Group commit: the thread takes every job waiting (up to [`GROUP_MAX`]), runs them one after
+//! the other with the store's syncs deferred, makes the whole batch durable with one fsync,
+//! and only then answers. No caller hears "done" before its commit is durable, and no reader
+//! is shown a commit that is not (a read that comes after an unsynced write in its batch waits
+//! for the sync too). If the sync fails, every mutation of the batch is answered with the
+//! error. Under load, N concurrent commits cost one fsync instead of N.
+//!
 //! Every commit a job produces is pushed to the replication
 //! outbox (bounded; if replication falls behind, the commit is still durable and anti-entropy
 //! delivers it later), so callers cannot forget to replicate.
@@ -22,8 +29,12 @@ use crate::store::{Commit, MetaStore};
 pub const JOB_QUEUE: usize = 1024;
 /// Commits waiting for the replication task.
 pub const OUTBOX: usize = 4096;
+/// Most jobs run between two syncs.
+pub const GROUP_MAX: usize = 256;
 
-type Job = Box<dyn FnOnce(&mut MetaStore, &mut Vec<Commit>) + Send>;
+/// What a job answers once its batch is durable; `Err` carries why the sync failed.
+type Reply = Box<dyn FnOnce(Result<(), &str>) + Send>;
+type Job = Box<dyn FnOnce(&mut MetaStore, &mut Vec<Commit>) -> Reply + Send>;
 
 enum Msg {
     Job(Job),
@@ -65,12 +76,49 @@ impl MetaHandle {
             .name("meta-owner".into())
             .spawn(move || {
                 let mut store = store;
+                store.defer_sync(true);
                 let mut commits = Vec::new();
-                while let Some(Msg::Job(job)) = rx.blocking_recv() {
-                    let run = std::panic::AssertUnwindSafe(|| job(&mut store, &mut commits));
-                    if std::panic::catch_unwind(run).is_err() {
-                        panics_in_thread.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!("a metadata job panicked; its caller got an error");
+                let mut batch = Vec::with_capacity(GROUP_MAX);
+                let mut waiting: Vec<Reply> = Vec::with_capacity(GROUP_MAX);
+                let mut stop = false;
+                while !stop {
+                    let Some(first) = rx.blocking_recv() else {
+                        break;
+                    };
+                    batch.push(first);
+                    while batch.len() < GROUP_MAX {
+                        match rx.try_recv() {
+                            Ok(msg) => batch.push(msg),
+                            Err(_) => break,
+                        }
+                    }
+                    for msg in batch.drain(..) {
+                        let job = match msg {
+                            Msg::Job(job) => job,
+                            // Jobs queued after the stop are dropped: their callers hear
+                            // that the store stopped.
+                            Msg::Stop => {
+                                stop = true;
+                                break;
+                            }
+                        };
+                        let run = std::panic::AssertUnwindSafe(|| job(&mut store, &mut commits));
+                        match std::panic::catch_unwind(run) {
+                            // Nothing unsynced yet in this batch: nothing to wait for.
+                            Ok(reply) if !store.unsynced() && waiting.is_empty() => reply(Ok(())),
+                            Ok(reply) => waiting.push(reply),
+                            Err(_) => {
+                                panics_in_thread.fetch_add(1, Ordering::Relaxed);
+                                tracing::error!("a metadata job panicked; its caller got an error");
+                            }
+                        }
+                    }
+                    let synced = store.sync().map_err(|e| e.to_string());
+                    if let Err(e) = &synced {
+                        tracing::error!(error = %e, "syncing a batch of commits failed; its callers get the error");
+                    }
+                    for reply in waiting.drain(..) {
+                        reply(synced.as_ref().map(|_| ()).map_err(String::as_str));
                     }
                     for c in commits.drain(..) {
                         if out_tx.try_send(c).is_err() {
@@ -80,6 +128,7 @@ impl MetaHandle {
                         }
                     }
                 }
+                store.defer_sync(false);
                 if let Err(e) = store.compact_all() {
                     tracing::warn!(error = %e, "compaction at shutdown failed");
                 }
@@ -111,7 +160,10 @@ impl MetaHandle {
     {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |store, _| {
-            let _ = tx.send(f(store));
+            let result = f(store);
+            Box::new(move |_synced| {
+                let _ = tx.send(result);
+            })
         });
         self.jobs.send(Msg::Job(job)).await.map_err(|_| Stopped)?;
         rx.await.map_err(|_| Stopped)
@@ -129,7 +181,15 @@ impl MetaHandle {
                 out.extend(commits);
                 r
             });
-            let _ = tx.send(result);
+            Box::new(move |synced: Result<(), &str>| {
+                let answer = match (result, synced) {
+                    (Ok(_), Err(why)) => Err(MetaError::Storage(crate::storage::StorageError(
+                        format!("commit not made durable: {why}"),
+                    ))),
+                    (result, _) => result,
+                };
+                let _ = tx.send(answer);
+            })
         });
         self.jobs.send(Msg::Job(job)).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
@@ -160,5 +220,138 @@ fn stopped() -> MetaError {
     MetaError::Internal {
         doc: "-".into(),
         reason: Stopped.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::storage::{DocStorage, MemStorage, StorageError, StoredDoc};
+    use crate::store::Config;
+
+    /// Memory storage that counts syncs and can be told to fail them.
+    struct Counting {
+        inner: MemStorage,
+        deferred: bool,
+        unsynced: bool,
+        syncs: Arc<AtomicUsize>,
+        fail: Arc<AtomicBool>,
+    }
+
+    impl Counting {
+        fn wrote(&mut self) {
+            self.unsynced |= self.deferred;
+        }
+    }
+
+    impl DocStorage for Counting {
+        fn load(&mut self, doc: &str) -> Result<StoredDoc, StorageError> {
+            self.inner.load(doc)
+        }
+        fn append(&mut self, d: &str, i: &[u8], m: &[(&str, &[u8])]) -> Result<(), StorageError> {
+            self.wrote();
+            self.inner.append(d, i, m)
+        }
+        fn compact(&mut self, doc: &str, snapshot: &[u8]) -> Result<(), StorageError> {
+            self.wrote();
+            self.inner.compact(doc, snapshot)
+        }
+        fn get_meta(&mut self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+            self.inner.get_meta(key)
+        }
+        fn put_meta(&mut self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+            self.wrote();
+            self.inner.put_meta(key, value)
+        }
+        fn defer_sync(&mut self, deferred: bool) {
+            self.deferred = deferred;
+        }
+        fn sync(&mut self) -> Result<(), StorageError> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StorageError("disk on fire".into()));
+            }
+            if self.unsynced {
+                self.syncs.fetch_add(1, Ordering::SeqCst);
+                self.unsynced = false;
+            }
+            Ok(())
+        }
+        fn unsynced(&self) -> bool {
+            self.unsynced
+        }
+    }
+
+    fn spawn() -> (MetaHandle, Arc<AtomicUsize>, Arc<AtomicBool>) {
+        let syncs = Arc::new(AtomicUsize::new(0));
+        let fail = Arc::new(AtomicBool::new(false));
+        let storage = Counting {
+            inner: MemStorage::new(),
+            deferred: false,
+            unsynced: false,
+            syncs: syncs.clone(),
+            fail: fail.clone(),
+        };
+        let config = Config::new(crate::NodeId::new("node-h").unwrap());
+        let store = MetaStore::open(Box::new(storage), config).unwrap();
+        let (handle, _commits) = MetaHandle::spawn(store);
+        (handle, syncs, fail)
+    }
+
+    /// One commit through the owner, as the API makes them.
+    fn commit(handle: &MetaHandle, i: u64) -> tokio::task::JoinHandle<Result<(), MetaError>> {
+        let h = handle.clone();
+        tokio::spawn(async move {
+            h.mutate(move |s| Ok(((), vec![s.set_trash_retention(1_000 + i, 10 + i)?])))
+                .await
+        })
+    }
+
+    /// Many commits queued while the owner is busy are made durable together, and each is
+    /// acknowledged.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_that_wait_together_share_one_sync() {
+        let (handle, syncs, _) = spawn();
+        // Hold the owner so the commits queue up behind it.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let h = handle.clone();
+        let busy = tokio::spawn(async move {
+            h.call(move |_| held.recv_timeout(std::time::Duration::from_secs(10)))
+                .await
+        });
+        let commits: Vec<_> = (0..64).map(|i| commit(&handle, i)).collect();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let before = syncs.load(Ordering::SeqCst);
+        release.send(()).unwrap();
+        busy.await.unwrap().unwrap().unwrap();
+        for c in commits {
+            c.await.unwrap().expect("acknowledged");
+        }
+        let used = syncs.load(Ordering::SeqCst) - before;
+        assert!(
+            (1..64).contains(&used),
+            "64 queued commits took {used} syncs"
+        );
+        handle.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_sync_fails_every_commit_of_its_batch() {
+        let (handle, _, fail) = spawn();
+        fail.store(true, Ordering::SeqCst);
+        let commits: Vec<_> = (0..8).map(|i| commit(&handle, i)).collect();
+        for c in commits {
+            let err = c
+                .await
+                .unwrap()
+                .expect_err("no durable commit, no acknowledgement");
+            assert!(err.to_string().contains("not made durable"), "{err}");
+        }
+        // Reads that saw nothing unsynced still answer.
+        fail.store(false, Ordering::SeqCst);
+        assert!(handle.call(|s| s.settings().is_ok()).await.unwrap());
+        handle.shutdown().await;
     }
 }

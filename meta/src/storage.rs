@@ -3,6 +3,9 @@
 //!
 //! Every commit appends one increment with a synced write, together with the metadata that
 //! must move with it (the HLC high-water mark), so an acknowledged write survives a crash.
+//! The metadata owner groups commits instead ([`DocStorage::defer_sync`]): writes go to the
+//! write-ahead log unsynced, and one [`DocStorage::sync`] makes a whole batch durable before
+//! any of it is acknowledged.
 //! Compaction replaces the snapshot and drops the increments in one atomic batch. Two
 //! implementations pass the same [`conformance`] suite: RocksDB for controllers and an
 //! in-memory store for tests.
@@ -44,6 +47,17 @@ pub trait DocStorage: Send {
     fn compact(&mut self, doc: &str, snapshot: &[u8]) -> Result<(), StorageError>;
     fn get_meta(&mut self, key: &str) -> Result<Option<Vec<u8>>, StorageError>;
     fn put_meta(&mut self, key: &str, value: &[u8]) -> Result<(), StorageError>;
+    /// With `true`, writes are durable only after the next [`DocStorage::sync`] (group
+    /// commit); with `false` (the default), each write is durable when it returns.
+    fn defer_sync(&mut self, _deferred: bool) {}
+    /// Makes every write so far durable.
+    fn sync(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+    /// Whether some write is not durable yet (only ever, with deferred syncs).
+    fn unsynced(&self) -> bool {
+        false
+    }
 }
 
 /// In-memory storage for tests: "durable" for as long as the value lives, so a test can
@@ -106,6 +120,10 @@ pub struct RocksStorage {
     db: rocksdb::DB,
     /// Next increment sequence number per document, learned on first use.
     next_seq: BTreeMap<String, u64>,
+    /// Writes wait for [`DocStorage::sync`] (group commit).
+    deferred: bool,
+    /// A write since the last sync is not durable yet.
+    unsynced: bool,
 }
 
 impl std::fmt::Debug for RocksStorage {
@@ -146,13 +164,17 @@ impl RocksStorage {
         Ok(RocksStorage {
             db,
             next_seq: BTreeMap::new(),
+            deferred: false,
+            unsynced: false,
         })
     }
 
-    fn write(&self, batch: rocksdb::WriteBatch) -> Result<(), StorageError> {
+    fn write(&mut self, batch: rocksdb::WriteBatch) -> Result<(), StorageError> {
         let mut wo = rocksdb::WriteOptions::default();
-        wo.set_sync(true);
-        self.db.write_opt(batch, &wo).map_err(rocks)
+        wo.set_sync(!self.deferred);
+        self.db.write_opt(batch, &wo).map_err(rocks)?;
+        self.unsynced |= self.deferred;
+        Ok(())
     }
 
     /// Keys and values of the increments of `doc`, in order.
@@ -237,6 +259,23 @@ impl DocStorage for RocksStorage {
         let mut batch = rocksdb::WriteBatch::default();
         batch.put(meta_key(key), value);
         self.write(batch)
+    }
+
+    fn defer_sync(&mut self, deferred: bool) {
+        self.deferred = deferred;
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        if self.unsynced {
+            // One fsync of the write-ahead log covers every write of the batch.
+            self.db.flush_wal(true).map_err(rocks)?;
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+
+    fn unsynced(&self) -> bool {
+        self.unsynced
     }
 }
 

@@ -248,6 +248,22 @@ impl MetaStore {
         self.created
     }
 
+    /// Group commit: with `true`, commits are durable only after [`MetaStore::sync`] (the
+    /// metadata owner syncs once per batch of jobs, before acknowledging any of them).
+    pub fn defer_sync(&mut self, deferred: bool) {
+        self.storage.defer_sync(deferred);
+    }
+
+    /// Makes every commit so far durable.
+    pub fn sync(&mut self) -> Result<(), MetaError> {
+        Ok(self.storage.sync()?)
+    }
+
+    /// Whether a commit is not durable yet (only with deferred syncs).
+    pub fn unsynced(&self) -> bool {
+        self.storage.unsynced()
+    }
+
     /// Give the storage back (tests reopen a store from it to simulate a restart).
     pub fn into_storage(self) -> Box<dyn DocStorage> {
         self.storage
