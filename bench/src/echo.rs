@@ -18,7 +18,6 @@ use redcloud_proto::chunk::{
 };
 use redcloud_proto::{FRAME_SIZE, MAX_MESSAGE_SIZE};
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
 type Frames<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -125,7 +124,7 @@ pub fn serve(listener: TcpListener) -> tokio::task::JoinHandle<()> {
         .and_then(|ca| ca.issue())
         .expect("the bench CA issues certificates");
     tokio::spawn(async move {
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = redcloud_proto::transport::incoming(listener);
         let Ok(mut server) = redcloud_proto::transport::server(Some(&identity)) else {
             return;
         };

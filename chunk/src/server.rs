@@ -14,7 +14,6 @@ use redcloud_proto::transport::{self, Transport};
 use redcloud_proto::trust::Gate;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
 use crate::heartbeat::{HeartbeatConfig, HeartbeatWorker};
 use crate::inventory_log::DEFAULT_INVENTORY_LOG_CAPACITY;
@@ -152,7 +151,7 @@ impl Chunkserver {
         let service = ChunkServiceServer::new(service)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = transport::incoming(listener);
         let served = transport::server(self.tls.server.as_ref())
             .context("TLS identity")?
             .timeout(SERVER_REQUEST_TIMEOUT)

@@ -495,7 +495,7 @@ pub fn serve(
             .add_service(registry)
             .add_service(admin)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                redcloud_proto::transport::incoming(listener),
                 async move {
                     let _ = stop.changed().await;
                 },
