@@ -57,7 +57,8 @@ pub enum Command {
     Register(Credentials),
     /// Log in and keep the session token under $REDCLOUD_HOME.
     Login(Credentials),
-    /// Upload files with tags (a name that exists becomes a new version).
+    /// Upload files with tags (a name that exists becomes a new version). Many files go up
+    /// several at once; one that fails is reported and the others are still added.
     Add {
         #[arg(required = true)]
         files: Vec<PathBuf>,

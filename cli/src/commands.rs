@@ -429,39 +429,87 @@ pub async fn list(cx: &mut ClientContext, tags: Vec<String>) -> Result<Vec<pb::F
 
 async fn add(cx: &mut ClientContext, files: &[PathBuf], tags: &[String]) -> Result<()> {
     let mut session = Session::load()?;
-    let mut out = Vec::new();
-    for path in files {
-        let name = file_name(path)?;
-        let up = upload::upload(&mut cx.controllers, &mut session, path, &name, tags).await?;
-        if !cx.json {
-            println!(
-                "added {} ({}, version {}, {} of {} chunks sent)",
-                up.file.name,
-                human_size(up.file.size),
-                short(&up.file.version),
-                up.chunks_sent,
-                up.chunks
-            );
+    // Every argument is checked before anything is uploaded.
+    let named = files
+        .iter()
+        .map(|path| {
+            std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Ok((path.clone(), file_name(path)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if let [(path, name)] = &named[..] {
+        let up = upload::upload(&mut cx.controllers, &mut session, path, name, tags).await?;
+        report_added(cx.json, &up);
+        if cx.json {
+            println!("{}", Value::Array(vec![added_json(&up)]));
         }
-        if up.degraded {
-            eprintln!(
-                "warning: {} is stored with {} copies, fewer than the write quorum of {}, because \
-                 fewer chunkservers are active; repair adds the missing copies when they return",
-                up.file.name, up.copies, up.quorum
-            );
-        }
-        let mut v = file_json(&up.file);
-        v["chunks"] = json!(up.chunks);
-        v["chunks_sent"] = json!(up.chunks_sent);
-        v["bytes_sent"] = json!(up.bytes_sent);
-        v["degraded"] = json!(up.degraded);
-        v["copies"] = json!(up.copies);
-        out.push(v);
+        return Ok(());
     }
-    if cx.json {
-        println!("{}", Value::Array(out));
+    let bar = crate::client::progress::count_bar("adding files", named.len() as u64);
+    let options = upload::UploadOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    let json = cx.json;
+    let results = upload::upload_many(
+        &mut cx.controllers,
+        &mut session,
+        &named,
+        tags,
+        &options,
+        |i, result| {
+            bar.suspend(|| match result {
+                Ok(up) => report_added(json, up),
+                Err(e) => eprintln!("error: {}: {e:#}", named[i].0.display()),
+            });
+            bar.inc(1);
+        },
+    )
+    .await?;
+    bar.finish_and_clear();
+    if json {
+        let added = results.iter().filter_map(|r| r.as_ref().ok());
+        println!("{}", Value::Array(added.map(added_json).collect()));
+    }
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    if failed > 0 {
+        bail!(
+            "{failed} of {} files were not added (the others were)",
+            results.len()
+        );
     }
     Ok(())
+}
+
+/// One line per added file (none with `--json`), and a warning when it is stored degraded.
+fn report_added(json: bool, up: &upload::Uploaded) {
+    if !json {
+        println!(
+            "added {} ({}, version {}, {} of {} chunks sent)",
+            up.file.name,
+            human_size(up.file.size),
+            short(&up.file.version),
+            up.chunks_sent,
+            up.chunks
+        );
+    }
+    if up.degraded {
+        eprintln!(
+            "warning: {} is stored with {} copies, fewer than the write quorum of {}, because \
+             fewer chunkservers are active; repair adds the missing copies when they return",
+            up.file.name, up.copies, up.quorum
+        );
+    }
+}
+
+fn added_json(up: &upload::Uploaded) -> Value {
+    let mut v = file_json(&up.file);
+    v["chunks"] = json!(up.chunks);
+    v["chunks_sent"] = json!(up.chunks_sent);
+    v["bytes_sent"] = json!(up.bytes_sent);
+    v["degraded"] = json!(up.degraded);
+    v["copies"] = json!(up.copies);
+    v
 }
 
 fn file_name(path: &Path) -> Result<String> {

@@ -294,3 +294,74 @@ fn the_shell_runs_commands_and_completions_are_printed() {
         "bash completions"
     );
 }
+
+#[test]
+fn one_add_of_many_files_stores_each_and_a_failure_stops_none_of_the_others() {
+    let c = Cluster::start(1, 2);
+    let u = c.client("fay");
+    u.register_and_login("fay");
+    let work = tempfile::tempdir().unwrap();
+    // More files than go up at once, small and large, one repeated content (deduplicated).
+    let mut files = Vec::new();
+    for i in 0..40u64 {
+        let len = match i % 4 {
+            0 => 0,
+            1 => 4096,
+            2 => 300_000,
+            _ => 2_500_000,
+        };
+        let data = bytes(len, 100 + i % 37);
+        let name = format!("f{i:02}.bin");
+        files.push((write_file(work.path(), &name, &data), name, data));
+    }
+    // A name the controller refuses (a control character), in the middle of the list.
+    let bad = write_file(work.path(), "bad\u{1}.bin", b"refused");
+    let mut args: Vec<String> = vec!["add".into()];
+    for (i, (path, _, _)) in files.iter().enumerate() {
+        if i == 20 {
+            args.push(bad.to_str().unwrap().into());
+        }
+        args.push(path.to_str().unwrap().into());
+    }
+    args.extend(["-t".into(), "many".into()]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = u.run(&argv);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("bad"), "the failed file is named: {stderr}");
+    assert!(stderr.contains("1 of 41 files"), "{stderr}");
+    // Each added file is reported, in the order given.
+    let reported: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("added "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let expected: Vec<&str> = files.iter().map(|(_, n, _)| n.as_str()).collect();
+    assert_eq!(reported, expected, "{stdout}");
+
+    let listed = u.json(&["list", "many"]);
+    assert_eq!(listed.as_array().unwrap().len(), files.len(), "{listed}");
+    let out_dir = work.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    for (_, name, data) in &files {
+        let dest = out_dir.join(name);
+        u.ok(&["download", name, "-o", dest.to_str().unwrap()]);
+        assert!(
+            &std::fs::read(&dest).unwrap() == data,
+            "{name} differs after download"
+        );
+    }
+
+    // Two files that would be stored under one name are refused before anything is sent.
+    let other = work.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let a = write_file(work.path(), "same.bin", b"first");
+    let b = write_file(&other, "same.bin", b"second");
+    let err = u.fails(
+        &["add", a.to_str().unwrap(), b.to_str().unwrap(), "-t", "dup"],
+        1,
+    );
+    assert!(err.contains("same.bin"), "{err}");
+    assert!(u.json(&["list", "dup"]).as_array().unwrap().is_empty());
+}

@@ -326,6 +326,7 @@ async fn an_upload_longer_than_the_gc_grace_commits() {
     let started = Instant::now();
     let options = UploadOptions {
         pace: Some(Duration::from_millis(900)),
+        ..Default::default()
     };
     upload_with(&mut ctl, &mut s, &path, "slow", &["t".into()], &options)
         .await

@@ -4,7 +4,7 @@
 //! around it, and equal content yields equal chunks (stored once).
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -31,8 +31,48 @@ pub struct FileChunks {
 }
 
 /// Chunks and hashes `path`, calling `progress` with the bytes processed so far.
-pub fn chunk_file(path: &Path, mut progress: impl FnMut(u64)) -> Result<FileChunks> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+pub fn chunk_file(path: &Path, progress: impl FnMut(u64)) -> Result<FileChunks> {
+    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let reading = || format!("reading {}", path.display());
+    if file.metadata().with_context(reading)?.len() <= u64::from(MIN_CHUNK) {
+        // FastCDC never cuts below MIN_CHUNK, so a file this small is one chunk (none when
+        // empty) whose id is the whole file's hash: one read and one hash, without the
+        // chunker's MAX_CHUNK buffer (zeroing 4 MiB per file was most of a small file's cost).
+        let mut data = Vec::new();
+        (&mut file)
+            .take(u64::from(MIN_CHUNK) + 1)
+            .read_to_end(&mut data)
+            .with_context(reading)?;
+        if data.len() <= MIN_CHUNK as usize {
+            return Ok(single_chunk(&data));
+        }
+        // The file grew meanwhile: chunk it as a large one.
+        file.seek(SeekFrom::Start(0)).with_context(reading)?;
+    }
+    chunk_stream(file, path, progress)
+}
+
+/// A file of at most [`MIN_CHUNK`] bytes, held in memory.
+fn single_chunk(data: &[u8]) -> FileChunks {
+    let hash = *blake3::hash(data).as_bytes();
+    let chunks = if data.is_empty() {
+        Vec::new()
+    } else {
+        vec![ChunkSpan {
+            id: hash,
+            offset: 0,
+            len: data.len() as u64,
+        }]
+    };
+    FileChunks {
+        size: data.len() as u64,
+        blake3: hash,
+        chunks,
+    }
+}
+
+/// Content-defined chunking of a whole stream.
+fn chunk_stream(file: File, path: &Path, mut progress: impl FnMut(u64)) -> Result<FileChunks> {
     let reader = BufReader::with_capacity(1 << 20, file);
     let mut whole = blake3::Hasher::new();
     let mut chunks = Vec::new();
@@ -119,6 +159,25 @@ mod tests {
         let ids_a: std::collections::HashSet<_> = a.chunks.iter().map(|c| c.id).collect();
         let changed = b.chunks.iter().filter(|c| !ids_a.contains(&c.id)).count();
         assert!((1..=2).contains(&changed), "{changed} chunks changed");
+    }
+
+    #[test]
+    fn small_files_chunk_exactly_as_the_chunker_would() {
+        for len in [
+            1,
+            4096,
+            MIN_CHUNK as usize - 1,
+            MIN_CHUNK as usize,
+            MIN_CHUNK as usize + 1,
+        ] {
+            let data = pseudo_random(len, len as u64);
+            let f = write(&data);
+            let fast = chunk_file(f.path(), |_| {}).expect("chunk");
+            let file = File::open(f.path()).expect("open");
+            let streamed = chunk_stream(file, f.path(), |_| {}).expect("chunk");
+            assert_eq!(fast, streamed, "{len} bytes");
+            assert_eq!(fast.size, len as u64);
+        }
     }
 
     #[test]

@@ -88,6 +88,39 @@ impl Controllers {
         .await
     }
 
+    /// Connects to the first reachable controller unless connected already, so clones made
+    /// afterwards share one connection.
+    pub async fn ready(&mut self) -> Result<()> {
+        if self.channel.is_some() {
+            return Ok(());
+        }
+        let mut tried = Vec::new();
+        for attempt in 0..self.addresses.len() {
+            let idx = (self.current + attempt) % self.addresses.len();
+            let addr = &self.addresses[idx];
+            match connect(addr, &self.transport).await {
+                Ok(channel) => {
+                    self.current = idx;
+                    self.channel = Some(channel);
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "controller unreachable");
+                    tried.push(addr.clone());
+                }
+            }
+        }
+        if tried.is_empty() {
+            return Err(anyhow!(
+                "no controller configured (use --controller HOST:PORT)"
+            ));
+        }
+        Err(anyhow!(
+            "no controller reachable (tried {})",
+            tried.join(", ")
+        ))
+    }
+
     async fn call_with<C, T, F, Fut>(
         &mut self,
         make: impl Fn(Channel) -> C,

@@ -11,6 +11,11 @@
 //! While an upload runs longer than the plan's hold interval, a background task asks the
 //! controller to hold the chunks written so far, so garbage collection never takes them
 //! before the commit.
+//!
+//! Many files ([`upload_many`]) go up several at once over one set of chunkserver
+//! connections, so a small file costs its round trips' latency once per batch of files rather
+//! than once per file, and the controller's group commit makes their commits share fsyncs.
+//! Chunk bodies in flight are bounded in bytes across all of them.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -35,6 +40,17 @@ use crate::session::Session;
 
 /// Chunks written at the same time by one upload.
 const PARALLEL_CHUNKS: usize = 4;
+/// Files uploaded at the same time by [`upload_many`]. Small files are latency-bound (a few
+/// round trips each), so many go at once; memory stays bounded by [`IN_FLIGHT_BYTES`] and
+/// [`PARALLEL_CHUNKING`].
+pub const PARALLEL_FILES: usize = 64;
+/// Files larger than one chunk being chunked at the same time (each needs the chunker's
+/// buffers, about 5 MiB, and a core).
+const PARALLEL_CHUNKING: usize = 4;
+/// Chunk bytes read into memory and not yet acknowledged, across all files of one command.
+const IN_FLIGHT_BYTES: usize = 64 << 20;
+/// The unit of [`Shared::budget`]'s permits.
+const BUDGET_UNIT: usize = 1 << 10;
 /// Commits tried before giving up when chunks keep lacking copies.
 const COMMIT_ATTEMPTS: usize = 3;
 
@@ -53,15 +69,48 @@ pub struct Uploaded {
     pub quorum: u32,
 }
 
-/// Uploads `path` as `name` with `tags`.
 /// How an upload behaves beyond what it uploads.
 #[derive(Debug, Clone, Default)]
 pub struct UploadOptions {
     /// A pause before each chunk is written: a crude bandwidth cap for slow or shared links
     /// (and how tests make an upload outlast the GC grace period).
     pub pace: Option<std::time::Duration>,
+    /// No per-file progress bars (many files at once show one bar for all).
+    pub quiet: bool,
 }
 
+/// What every upload of one command shares: connections to chunkservers and the budget of
+/// chunk bytes in memory.
+#[derive(Debug, Clone)]
+struct Shared {
+    pool: ChunkPool,
+    budget: Arc<tokio::sync::Semaphore>,
+    chunking: Arc<tokio::sync::Semaphore>,
+}
+
+impl Shared {
+    fn new(ctl: &Controllers) -> Shared {
+        Shared {
+            pool: ChunkPool::new(ctl.transport().clone()),
+            budget: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_BYTES / BUDGET_UNIT)),
+            chunking: Arc::new(tokio::sync::Semaphore::new(PARALLEL_CHUNKING)),
+        }
+    }
+
+    /// Waits until `len` more chunk bytes fit in memory.
+    async fn reserve(&self, len: u64) -> Result<tokio::sync::SemaphorePermit<'_>> {
+        let units = usize::try_from(len.div_ceil(BUDGET_UNIT as u64))
+            .unwrap_or(usize::MAX)
+            .clamp(1, IN_FLIGHT_BYTES / BUDGET_UNIT);
+        let units = u32::try_from(units).unwrap_or(u32::MAX);
+        self.budget
+            .acquire_many(units)
+            .await
+            .map_err(|_| anyhow!("upload budget closed"))
+    }
+}
+
+/// Uploads `path` as `name` with `tags`.
 pub async fn upload(
     ctl: &mut Controllers,
     session: &mut Session,
@@ -81,16 +130,118 @@ pub async fn upload_with(
     tags: &[String],
     options: &UploadOptions,
 ) -> Result<Uploaded> {
+    let shared = Shared::new(ctl);
+    let token = session.token.clone();
+    let after = session.last_write_hlc;
+    let up = upload_one(ctl, &shared, &token, after, path, name, tags, options).await?;
+    session.observe_write(up.file.hlc)?;
+    Ok(up)
+}
+
+/// Uploads `files` (each a path and the name to store it under) with `tags`, up to
+/// [`PARALLEL_FILES`] at once. One file's failure does not stop the others: every file gets
+/// its own result, handed to `done` in the order given as soon as it and every file before it
+/// finished, and returned in that order.
+pub async fn upload_many(
+    ctl: &mut Controllers,
+    session: &mut Session,
+    files: &[(PathBuf, String)],
+    tags: &[String],
+    options: &UploadOptions,
+    mut done: impl FnMut(usize, &Result<Uploaded>),
+) -> Result<Vec<Result<Uploaded>>> {
+    check_distinct(files)?;
+    // One connection to the controller for all of them, made before they fan out.
+    ctl.ready().await?;
+    let shared = Shared::new(ctl);
+    let token = session.token.clone();
+    let after = session.last_write_hlc;
+    let ctl_template = ctl.clone();
+    let mut results = Vec::with_capacity(files.len());
+    let mut uploads =
+        futures::stream::iter(
+            files.iter().map(|(path, name)| {
+                let mut ctl = ctl_template.clone();
+                let shared = shared.clone();
+                let token = token.clone();
+                async move {
+                    upload_one(&mut ctl, &shared, &token, after, path, name, tags, options).await
+                }
+            }),
+        )
+        .buffered(PARALLEL_FILES);
+    while let Some(result) = uploads.next().await {
+        done(results.len(), &result);
+        results.push(result);
+    }
+    let newest = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|u| u.file.hlc)
+        .max();
+    if let Some(hlc) = newest {
+        session.observe_write(hlc)?;
+    }
+    Ok(results)
+}
+
+/// Two files stored under one name in one command would race for which becomes the newer
+/// version; that is refused before anything is uploaded.
+fn check_distinct(files: &[(PathBuf, String)]) -> Result<()> {
+    let mut seen: HashMap<&str, &Path> = HashMap::new();
+    for (path, name) in files {
+        if let Some(first) = seen.insert(name.as_str(), path.as_path()) {
+            bail!(
+                "{} and {} would both be stored as {name}; add them in separate commands",
+                first.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Uploads one file and commits it, after the session's last write `after`.
+#[allow(clippy::too_many_arguments)]
+async fn upload_one(
+    ctl: &mut Controllers,
+    shared: &Shared,
+    token: &str,
+    after: u64,
+    path: &Path,
+    name: &str,
+    tags: &[String],
+    options: &UploadOptions,
+) -> Result<Uploaded> {
     let owned: PathBuf = path.to_owned();
     let size_hint = std::fs::metadata(path)
         .with_context(|| format!("cannot read {}", path.display()))?
         .len();
-    let hash_bar = progress::bytes_bar(&format!("hashing {name}"), size_hint);
+    let bar_for = |what: &str, total: u64| {
+        if options.quiet {
+            indicatif::ProgressBar::hidden()
+        } else {
+            progress::bytes_bar(what, total)
+        }
+    };
+    let hash_bar = bar_for(&format!("hashing {name}"), size_hint);
     let bar = hash_bar.clone();
+    let chunking_permit = if size_hint > u64::from(chunking::MIN_CHUNK) {
+        Some(
+            shared
+                .chunking
+                .acquire()
+                .await
+                .map_err(|_| anyhow!("upload closed"))?,
+        )
+    } else {
+        None
+    };
     let fc =
         tokio::task::spawn_blocking(move || chunking::chunk_file(&owned, |n| bar.set_position(n)))
             .await
             .context("chunking task failed")??;
+    drop(chunking_permit);
     hash_bar.finish_and_clear();
 
     // One entry per distinct chunk: a file may repeat content.
@@ -105,14 +256,13 @@ pub async fn upload_with(
             size: c.len,
         })
         .collect();
-    let token = session.token.clone();
-    let plan = plan_upload(ctl, &token, refs.clone(), false).await?;
+    let plan = plan_upload(ctl, token, refs.clone(), false).await?;
     let quorum = plan.write_quorum.max(1) as usize;
     // Every chunk of the file is held while the upload runs (deduplicated ones too: their
     // last other reference could be deleted meanwhile).
     let holder = Holder::start(
         ctl.clone(),
-        token.clone(),
+        token.to_owned(),
         distinct.keys().copied().collect(),
         plan.hold_interval_ms,
     );
@@ -132,12 +282,11 @@ pub async fn upload_with(
         .collect::<Result<_>>()?;
 
     let bytes_to_send: u64 = new.iter().map(|(s, _)| s.len).sum();
-    let bar = progress::bytes_bar(&format!("uploading {name}"), bytes_to_send);
+    let bar = bar_for(&format!("uploading {name}"), bytes_to_send);
     let file =
         Arc::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?);
-    let pool = ChunkPool::new(ctl.transport().clone());
     let chunks_sent = new.len();
-    write_all(&pool, &file, path, new, quorum, &bar, options).await?;
+    write_all(shared, &file, path, new, quorum, &bar, options).await?;
     bar.finish_and_clear();
 
     let commit = CommitFileRequest {
@@ -153,7 +302,7 @@ pub async fn upload_with(
                 size: c.len,
             })
             .collect(),
-        after: session.last_write_hlc,
+        after,
     };
     let mut resent = 0;
     let mut attempt = 0;
@@ -161,7 +310,7 @@ pub async fn upload_with(
         attempt += 1;
         let response = ctl
             .call(|mut c| {
-                let req = authed(commit.clone(), &token);
+                let req = authed(commit.clone(), token);
                 async move { c.commit_file(req).await.map(|r| r.into_inner()) }
             })
             .await?;
@@ -192,7 +341,7 @@ pub async fn upload_with(
             chunks = missing.len(),
             "chunks lack copies; writing them again"
         );
-        let replan = plan_upload(ctl, &token, missing, true).await?;
+        let replan = plan_upload(ctl, token, missing, true).await?;
         let quorum = replan.write_quorum.max(1) as usize;
         let again: Vec<(ChunkSpan, ChunkPlan)> = replan
             .chunks
@@ -203,15 +352,14 @@ pub async fn upload_with(
             })
             .collect();
         resent += again.len();
-        let bar = progress::bytes_bar(&format!("re-sending {name}"), 0);
-        write_all(&pool, &file, path, again, quorum, &bar, options).await?;
+        let bar = bar_for(&format!("re-sending {name}"), 0);
+        write_all(shared, &file, path, again, quorum, &bar, options).await?;
         bar.finish_and_clear();
     };
     holder.stop().await;
     let file = response
         .file
         .ok_or_else(|| anyhow!("controller acknowledged the commit without the file"))?;
-    session.observe_write(file.hlc)?;
     Ok(Uploaded {
         file,
         chunks: fc.chunks.len(),
@@ -244,7 +392,7 @@ async fn plan_upload(
 
 /// Reads and writes `chunks` of `path`, several at once, each to `quorum` of its targets.
 async fn write_all(
-    pool: &ChunkPool,
+    shared: &Shared,
     file: &Arc<File>,
     path: &Path,
     chunks: Vec<(ChunkSpan, ChunkPlan)>,
@@ -255,20 +403,20 @@ async fn write_all(
     let pace = options.pace;
     futures::stream::iter(chunks.into_iter().map(|(span, plan)| {
         let file = file.clone();
-        let pool = pool.clone();
         let bar = bar.clone();
         let path = path.to_owned();
         async move {
             if let Some(pause) = pace {
                 tokio::time::sleep(pause).await;
             }
+            let _budget = shared.reserve(span.len).await?;
             let data =
                 tokio::task::spawn_blocking(move || chunking::read_span(&file, &span, &path))
                     .await
                     .context("read task failed")??;
             let credential = redcloud_proto::trust::grant_metadata(&plan.grant);
             write_replicas(
-                &pool,
+                &shared.pool,
                 span.id,
                 Bytes::from(data),
                 &plan.targets,
