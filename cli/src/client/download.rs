@@ -1,15 +1,15 @@
 //! Downloading a file: resolve it with a controller, fetch its chunks in parallel straight
 //! from chunkservers (each verified against its BLAKE3 id, falling back to the next replica on
-//! any error), write them into a temporary file beside the destination, verify the whole
-//! file's hash, then rename it into place. A failed download leaves no partial file behind.
+//! any error), write them in file order into a temporary file beside the destination while
+//! hashing the whole file from memory, check that hash, then rename it into place. A failed
+//! download leaves no partial file behind.
 
-use std::fs::{File, OpenOptions};
-use std::io::Read;
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use redcloud_chunk::client;
 use redcloud_chunk::id::ChunkId;
 use redcloud_proto::controller::{ChunkLocation, FileInfo, ResolveRequest};
@@ -84,40 +84,40 @@ pub async fn download(
             (at, c)
         })
         .collect();
-    futures::stream::iter(jobs.into_iter().map(|(at, loc)| {
-        let out = out.clone();
+    // Chunks are fetched several at once (each fetch its own task, so transfers go on while a
+    // chunk is written) but taken in file order, so the whole-file hash is computed as they
+    // are written, from memory: no byte is read back from disk.
+    let mut fetched = futures::stream::iter(jobs.into_iter().map(|(at, loc)| {
         let pool = pool.clone();
-        let bar = bar.clone();
-        async move {
-            let data = fetch(&pool, &loc).await?;
-            let len = data.len() as u64;
-            tokio::task::spawn_blocking(move || {
-                use std::os::unix::fs::FileExt;
-                out.write_all_at(&data, at)
-            })
-            .await
-            .context("write task failed")?
-            .context("writing the downloaded file")?;
-            bar.inc(len);
-            Ok::<_, anyhow::Error>(())
-        }
+        Aborting(tokio::spawn(async move {
+            Ok::<_, anyhow::Error>((at, fetch(&pool, &loc).await?))
+        }))
     }))
-    .buffer_unordered(PARALLEL_CHUNKS)
-    .try_collect::<Vec<()>>()
-    .await?;
+    .buffered(PARALLEL_CHUNKS);
+    let mut hasher = blake3::Hasher::new();
+    while let Some(next) = fetched.next().await {
+        let (at, data) = next.context("fetch task failed")??;
+        let out = out.clone();
+        let len = data.len() as u64;
+        hasher = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            hasher.update(&data);
+            out.write_all_at(&data, at).map(|()| hasher)
+        })
+        .await
+        .context("write task failed")?
+        .context("writing the downloaded file")?;
+        bar.inc(len);
+    }
     bar.finish_and_clear();
 
-    // Verify the whole file as written, then make it durable and visible.
-    let expected_hash = file.blake3.clone();
-    let check = tmp.clone();
-    let actual = tokio::task::spawn_blocking(move || hash_file(&check))
-        .await
-        .context("verify task failed")??;
-    if actual[..] != expected_hash[..] {
+    // The file as written must be the file committed; then it is made durable and visible.
+    let actual = hasher.finalize();
+    if actual.as_bytes()[..] != file.blake3[..] {
         bail!(
             "{name}: downloaded bytes hash to {} but the file's hash is {}",
-            hex::encode(actual),
-            hex::encode(&expected_hash)
+            actual.to_hex(),
+            hex::encode(&file.blake3)
         );
     }
     out.sync_all().context("flushing the downloaded file")?;
@@ -170,19 +170,6 @@ fn temp_path(output: &Path) -> PathBuf {
     }
 }
 
-fn hash_file(path: &Path) -> Result<[u8; 32]> {
-    let mut f = File::open(path)?;
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(*h.finalize().as_bytes());
-        }
-        h.update(&buf[..n]);
-    }
-}
-
 /// Removes the temporary file unless the download completed (`keep`).
 struct TempFile {
     path: PathBuf,
@@ -194,5 +181,26 @@ impl Drop for TempFile {
         if !self.keep {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// A spawned task that is aborted when its handle is dropped (a failed download stops the
+/// fetches still running).
+struct Aborting<T>(tokio::task::JoinHandle<T>);
+
+impl<T> std::future::Future for Aborting<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for Aborting<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
