@@ -5,7 +5,8 @@
 //!   pull the document from the announcer by sync. Nothing is dropped for size.
 //! - **Receive**: gossip is validated by applying it; changes that do not parse are rejected
 //!   (and not forwarded by gossipsub), the rest are accepted.
-//! - **Anti-entropy**: when a peer connects and then every `interval`, a session per peer runs
+//! - **Anti-entropy**: when a peer connects, and then on every `interval` with the next peers
+//!   of a rotation that visits each at least once per `revisit` ([`rotation`]), a session runs
 //!   the protocol of [`session`] (digests, then Automerge sync of the documents that differ,
 //!   with bounded bulk transfer for large differences). Gossip is best effort; these sessions
 //!   are what guarantee convergence after drops, restarts and partitions. The protocol core has
@@ -15,6 +16,7 @@
 //! network through the p2p [`Handle`]. `select!` arms only produce events; `handle_*` methods
 //! do the work. Every exchange also samples the peer's wall clock for skew detection.
 
+pub mod rotation;
 pub mod session;
 pub mod wire;
 
@@ -44,8 +46,10 @@ const MAX_GOSSIP_BATCH: usize = 256;
 /// Tunables.
 #[derive(Debug, Clone)]
 pub struct ReplicationConfig {
-    /// Period of anti-entropy with each connected peer.
+    /// Period of the anti-entropy tick.
     pub interval: Duration,
+    /// Longest time between two anti-entropy sessions with one peer (see [`rotation`]).
+    pub revisit: Duration,
     /// Largest gossip payload (the p2p layer's limit).
     pub max_gossip_size: usize,
     /// Largest request or response (the p2p layer's limit).
@@ -58,6 +62,7 @@ impl Default for ReplicationConfig {
     fn default() -> Self {
         Self {
             interval: Duration::from_secs(1),
+            revisit: Duration::from_secs(5),
             max_gossip_size: 64 << 10,
             max_message_size: redcloud_p2p::config::DEFAULT_MAX_REQUEST_SIZE,
             session_timeout: Duration::from_secs(300),
@@ -81,6 +86,7 @@ pub struct Replication {
     config: ReplicationConfig,
     sessions: JoinSet<(PeerId, bool)>,
     in_session: HashSet<PeerId>,
+    rotation: rotation::Rotation<PeerId>,
 }
 
 impl Replication {
@@ -90,6 +96,7 @@ impl Replication {
             config,
             sessions: JoinSet::new(),
             in_session: HashSet::new(),
+            rotation: rotation::Rotation::default(),
         }
     }
 
@@ -308,17 +315,19 @@ impl Replication {
     }
 
     fn handle_tick(&mut self) {
-        let peers: Vec<PeerId> = self
+        let mut peers: Vec<PeerId> = self
             .parts
             .peers
             .connected_ids()
             .iter()
             .filter_map(|p| p.parse().ok())
+            .filter(|p| self.initiates(*p))
             .collect();
-        for p in peers {
-            if self.initiates(p) {
-                self.start_session(p, None);
-            }
+        peers.sort_unstable();
+        peers.dedup();
+        let n = rotation::per_tick(peers.len(), self.config.interval, self.config.revisit);
+        for p in self.rotation.next(&peers, n) {
+            self.start_session(p, None);
         }
     }
 
