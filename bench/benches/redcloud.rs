@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::Criterion;
 use redcloud_bench::results::Report;
-use redcloud_bench::{Profile, chunk_path, commit, gossip, heal, repair, scale};
+use redcloud_bench::{Profile, chunk_path, commit, data_path, gossip, heal, repair, scale};
 
 const ALL: &[&str] = &[
     "gossip_converge",
@@ -19,6 +19,7 @@ const ALL: &[&str] = &[
     "metadata_scale",
     "chunk_path",
     "repair_fill",
+    "data_path",
     "criterion",
 ];
 
@@ -117,6 +118,7 @@ async fn run_one(name: &str, report: &mut Report, profile: Profile) -> anyhow::R
         "metadata_scale" => scale::run(report, profile).await?,
         "chunk_path" => chunk_path::run(report, profile).await?,
         "repair_fill" => repair::run(report, profile).await?,
+        "data_path" => data_path::run(report, profile).await?,
         "criterion" => micro(profile),
         _ => {}
     }

@@ -11,13 +11,14 @@
 //! - [`cluster`]: in-process controllers on 127.0.0.1 assembled from the controller's own
 //!   parts (p2p, replication, metadata owner, RocksDB storage), with a [`probe`] in the
 //!   storage that timestamps every change a node applies.
-//! - [`gossip`], [`heal`], [`commit`], [`scale`], [`chunk_path`], [`repair`]: one module per
-//!   benchmark of issue 8, each with its reference.
+//! - [`gossip`], [`heal`], [`commit`], [`scale`], [`chunk_path`], [`repair`], [`data_path`]:
+//!   one module per benchmark, each with its reference.
 //! - [`wire`]: TCP byte counters of loopback sockets (from `ss`), for wire-level figures.
 
 pub mod chunk_path;
 pub mod cluster;
 pub mod commit;
+pub mod data_path;
 pub mod echo;
 pub mod gossip;
 pub mod heal;

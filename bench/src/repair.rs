@@ -33,14 +33,14 @@ async fn api(addr: &str) -> Result<ControllerServiceClient<tonic::transport::Cha
     Ok(ControllerServiceClient::new(channel))
 }
 
-async fn status(addr: &str) -> Result<pb::StatusResponse> {
+pub(crate) async fn status(addr: &str) -> Result<pb::StatusResponse> {
     let mut request = tonic::Request::new(pb::StatusRequest {});
     *request.metadata_mut() =
         redcloud_proto::trust::admin_metadata(&crate::cluster::bench_secret());
     Ok(api(addr).await?.status(request).await?.into_inner())
 }
 
-async fn login(addr: &str) -> Result<String> {
+pub(crate) async fn login(addr: &str) -> Result<String> {
     let mut c = api(addr).await?;
     let _ = c
         .register(pb::RegisterRequest {
@@ -58,7 +58,7 @@ async fn login(addr: &str) -> Result<String> {
 }
 
 /// Polls the controller's status until `done` holds; returns the time it took.
-async fn wait_status(
+pub(crate) async fn wait_status(
     addr: &str,
     what: &str,
     done: impl Fn(&pb::StatusResponse) -> bool,
