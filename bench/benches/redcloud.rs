@@ -68,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         "commit": git(&["rev-parse", "--short", "HEAD"]),
         "dirty": !git(&["status", "--porcelain"]).is_empty(),
         "profile": format!("{profile:?}"),
+        "build": redcloud_bench::build(),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "selected": selected,
     });

@@ -61,7 +61,9 @@ def render(lines):
         commit = run.get("commit", "?") + (" (with uncommitted changes)" if run.get("dirty") else "")
         what = "Run" if i == 0 else "Then re-ran " + ", ".join(run.get("selected", [])) + ","
         out.append(
-            f"{what} {when:%Y-%m-%d %H:%M} UTC, commit `{commit}`, profile {run.get('profile', '?')}, "
+            f"{what} {when:%Y-%m-%d %H:%M} UTC, commit `{commit}`, profile {run.get('profile', '?')}"
+            + (f", {run['build']} build" if run.get("build") else "")
+            + ", "
             f"{run.get('cpus', '?')} CPUs; later runs replace the figures they cover."
         )
     out += [

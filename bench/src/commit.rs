@@ -68,7 +68,7 @@ pub fn store_loop(count: usize) -> Result<f64> {
 
 /// Runs `metadata_commit`.
 pub async fn run(report: &mut Report, profile: Profile) -> Result<()> {
-    let case = "file add";
+    let case = &format!("file add, {} build", crate::build());
     let bare = tokio::task::spawn_blocking(move || bare_loop(profile.pick(20_000, 500))).await?;
     let mem = tokio::task::spawn_blocking(move || store_loop(profile.pick(10_000, 500))).await??;
 

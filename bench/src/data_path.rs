@@ -163,7 +163,7 @@ pub async fn run(report: &mut Report, profile: Profile) -> Result<()> {
         ))
     })
     .await?;
-    let case = format!("{} MiB", size >> 20);
+    let case = format!("{} MiB, {} build", size >> 20, crate::build());
     let start = Instant::now();
     upload::upload(
         &mut controllers,
@@ -264,7 +264,7 @@ pub async fn run(report: &mut Report, profile: Profile) -> Result<()> {
         .with_context(|| format!("uploading {name}"))?;
     }
     let single = start.elapsed();
-    let case = format!("{small} x 4 KiB");
+    let case = format!("{small} x 4 KiB, {} build", crate::build());
     let rate = |t: Duration| small as f64 / t.as_secs_f64().max(1e-9);
     report.info(
         BENCH,

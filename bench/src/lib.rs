@@ -55,6 +55,16 @@ impl Profile {
     }
 }
 
+/// The cargo profile this bench was built with: `dev` (what `scripts/dev.sh` and the tests
+/// run) or `release`. Benchmarks whose figures differ between the two name it in their case.
+pub fn build() -> &'static str {
+    if cfg!(debug_assertions) {
+        "dev"
+    } else {
+        "release"
+    }
+}
+
 /// Deterministic pseudo-random bytes (xorshift), so runs are repeatable and incompressible.
 pub fn data(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
