@@ -121,7 +121,7 @@ impl Behaviour {
 }
 
 /// Gossipsub tuned for a cluster: strict signatures, application validation before forwarding,
-/// content-hash message ids, fast heartbeats, flood publishing, IDONTWANT for every message.
+/// content-hash message ids, fast heartbeats, flood publishing.
 fn gossip_config(config: &Config) -> Result<gossipsub::Config, Error> {
     let heartbeat_ms = config.gossip_heartbeat.as_millis().max(1);
     let history_length = usize::try_from(GOSSIP_HISTORY.as_millis().div_ceil(heartbeat_ms))
@@ -141,14 +141,6 @@ fn gossip_config(config: &Config) -> Result<gossipsub::Config, Error> {
         .history_length(history_length)
         // Small clusters: send our own messages to every subscribed peer, not just the mesh.
         .flood_publish(true)
-        // With flood publishing every controller usually has a message straight from its
-        // publisher before any mesh peer forwards it, so the forwarded copies are waste.
-        // IDONTWANT (gossipsub 1.2) tells mesh peers so on first receipt, before the
-        // application's validation delays our own forwarding. The default sends it only for
-        // messages over 1 kB; a metadata change is usually a few hundred bytes, and the
-        // IDONTWANT (a 32-byte id) is still several times smaller than the copy it saves.
-        .idontwant_message_size_threshold(0)
-        .idontwant_on_publish(true)
         .build()
         .map_err(|e| Error::Config(format!("gossipsub: {e}")))
 }
