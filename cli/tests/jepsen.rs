@@ -52,6 +52,9 @@ const DAY_MS: i64 = 24 * 3600 * 1000;
 /// Trash retention of the cluster: short, so deleted files are purged during a run.
 const TRASH_RETENTION: Duration = Duration::from_secs(10);
 const TRASH_RETENTION_ARG: &str = "10000";
+/// How many times the check reads a file's history from every host before calling a
+/// difference divergence (a purge in flight reaches the hosts one after another).
+const HISTORY_READS: usize = 3;
 
 /// SplitMix64: small, seedable, good enough to pick faults and operations.
 #[derive(Clone, Debug)]
@@ -724,7 +727,16 @@ impl Run {
                     c
                 })
                 .collect();
-            let histories: Vec<Value> = readers.iter().map(|c| history_of(c, name)).collect();
+            // The trash may expire while the check runs, and a purge reaches the hosts one by
+            // one: histories that differ are read again, a bounded number of times.
+            let mut histories: Vec<Value> = Vec::new();
+            for attempt in 1..=HISTORY_READS {
+                histories = readers.iter().map(|c| history_of(c, name)).collect();
+                if histories.iter().all(|h| h == &histories[0]) || attempt == HISTORY_READS {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(2));
+            }
             for (c, h) in readers.iter().zip(&histories).skip(1) {
                 assert_eq!(
                     h, &histories[0],
@@ -743,13 +755,14 @@ impl Run {
             // A delete that has been in the trash for the whole retention (by real time: no
             // controller can know it longer) may have been purged, with every version before
             // it.
-            let purged_by = |after: Instant| {
+            let purged_by_at = |after: Instant, at: Instant| {
                 recs.iter().any(|d| {
                     d.effect == Effect::Delete
                         && d.started > after
-                        && checked_at.duration_since(d.started) >= TRASH_RETENTION
+                        && at.duration_since(d.started) >= TRASH_RETENTION
                 })
             };
+            let purged_by = |after: Instant| purged_by_at(after, checked_at);
             // Nothing acknowledged is lost (but to an expired trash).
             for r in recs.iter().filter(|r| r.acked.is_some()) {
                 if let Effect::Put {
@@ -885,13 +898,35 @@ impl Run {
                 if v["deleted"] == true {
                     continue;
                 }
-                for c in &readers {
-                    let bytes = c.try_download_version(name, version).unwrap_or_else(|e| {
-                        panic!(
-                            "{user}/{name}@{version} does not download on {}: {e}",
-                            c.name
-                        )
+                // The earliest a delete could have purged this version: after it was written.
+                let written = recs
+                    .iter()
+                    .find(|r| matches!(&r.effect, Effect::Put { version: v, .. } if v == version))
+                    .map_or(first - Duration::from_millis(1), |r| {
+                        r.acked.unwrap_or(r.started)
                     });
+                for c in &readers {
+                    let bytes = match c.try_download_version(name, version) {
+                        Ok(bytes) => bytes,
+                        Err(e) => {
+                            // Purged since the history was read, by a delete whose trash has
+                            // expired by now: not lost. Anything else is.
+                            let listed = history_of(c, name).as_array().is_some_and(|a| {
+                                a.iter().any(|v| v["version"] == version.as_str())
+                            });
+                            if e.contains("not found")
+                                && !listed
+                                && purged_by_at(written, Instant::now())
+                            {
+                                purged += 1;
+                                break;
+                            }
+                            panic!(
+                                "{user}/{name}@{version} does not download on {}: {e}",
+                                c.name
+                            )
+                        }
+                    };
                     assert_eq!(
                         blake3::hash(&bytes).to_hex().as_str(),
                         v["blake3"].as_str().unwrap_or_default(),
