@@ -147,8 +147,12 @@ impl RocksStore {
             .expect("opened with the info family")
     }
 
+    fn stripe(id: &ChunkId) -> usize {
+        usize::from(id.0[0]) % LOCK_STRIPES
+    }
+
     fn lock(&self, id: &ChunkId) -> MutexGuard<'_, ()> {
-        self.stripes[usize::from(id.0[0]) % LOCK_STRIPES].lock()
+        self.stripes[Self::stripe(id)].lock()
     }
 
     /// Durable writes: the call returns only after the WAL is synced to disk.
@@ -314,28 +318,34 @@ impl ChunkStore for RocksStore {
     }
 
     fn touch_many(&self, ids: &[ChunkId], now_ms: u64) -> Result<Vec<bool>, StoreError> {
+        // Every stripe the ids fall in is held (in ascending order, so two callers cannot
+        // deadlock) until the batch is durable: a concurrent delete cannot slip between the
+        // read and the write, which would leave an info record without its chunk.
+        let mut stripes: Vec<usize> = ids.iter().map(Self::stripe).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let _guards: Vec<MutexGuard<'_, ()>> =
+            stripes.iter().map(|&s| self.stripes[s].lock()).collect();
         let mut present = Vec::with_capacity(ids.len());
-        let mut wrote = false;
+        let mut batch = WriteBatch::default();
         for id in ids {
-            // Under the id's lock, so a concurrent delete cannot slip between read and write
-            // (which would leave an info record without its chunk).
-            let _guard = self.lock(id);
             let Some(mut info) = self.read_info(id)? else {
                 present.push(false);
                 continue;
             };
             if info.stored_at_ms < now_ms {
                 info.stored_at_ms = now_ms;
-                self.db
-                    .put_cf(self.info_cf(), id, encode_info(&info))
-                    .map_err(rocks_error)?;
-                wrote = true;
+                batch.put_cf(self.info_cf(), id, encode_info(&info));
             }
             present.push(true);
         }
-        if wrote {
-            // One sync for the whole batch: durable before the answer.
-            self.db.flush_wal(true).map_err(rocks_error)?;
+        if !batch.is_empty() {
+            // One synced write for the whole batch, durable before the answer. A synced write
+            // (unlike `flush_wal(true)`, which every caller runs on its own) joins RocksDB's
+            // write group, so the touches of concurrent commits share one fsync.
+            self.db
+                .write_opt(batch, &Self::synced())
+                .map_err(rocks_error)?;
         }
         Ok(present)
     }
