@@ -58,6 +58,124 @@ async fn upload_commit_resolve_download_through_the_api() {
     c.node.stop().await;
 }
 
+/// CommitFiles judges each file on its own: in one batch a good file commits, a malformed one
+/// is refused with its reason, one whose chunk no server holds is answered `missing` (and not
+/// committed), and none of them holds back the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commit_files_answers_each_file_on_its_own() {
+    let work = tempfile::tempdir().unwrap();
+    set_home(work.path());
+    let c = controller(Vec::new(), |_| {}).await;
+    let addrs = vec![c.addr.clone()];
+    let mut server = Chunkserver::start(&addrs).await;
+    wait_active(&c.addr, 1).await;
+    let token = login(&c.addr, "alice").await;
+    let bytes = data(300_000, 5);
+    let info = put(&addrs, &token, work.path(), "a.bin", &bytes).await;
+    let mut client = api(&c.addr).await;
+    let resolved = client
+        .resolve(authed(
+            pb::ResolveRequest {
+                name: "a.bin".into(),
+                version: String::new(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let stored: Vec<pb::ChunkRef> = resolved
+        .chunks
+        .iter()
+        .map(|c| pb::ChunkRef {
+            id: c.id.clone(),
+            size: c.size,
+        })
+        .collect();
+    let file = |name: &str, chunks: Vec<pb::ChunkRef>, size: u64| pb::CommitFileRequest {
+        name: name.into(),
+        tags: vec!["batch".into()],
+        size,
+        blake3: info.blake3.clone(),
+        chunks,
+        after: 0,
+    };
+    let size = bytes.len() as u64;
+    let mut untagged = file("untagged", stored.clone(), size);
+    untagged.tags.clear();
+    let ghost = pb::ChunkRef {
+        id: Bytes::copy_from_slice(&[7; 32]),
+        size: 10,
+    };
+    let request = pb::CommitFilesRequest {
+        files: vec![
+            file("one", stored.clone(), size),
+            untagged,
+            file("ghost", vec![ghost.clone()], 10),
+            file("short", stored.clone(), size + 1),
+            file("two", stored.clone(), size),
+        ],
+    };
+    let answers = client
+        .commit_files(authed(request, &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .files;
+    assert_eq!(answers.len(), 5);
+    for (i, name) in [(0, "one"), (4, "two")] {
+        let r = answers[i].response.as_ref().expect("committed");
+        assert_eq!(answers[i].code, 0);
+        assert!(r.missing.is_empty(), "{r:?}");
+        assert_eq!(r.file.as_ref().map(|f| f.name.as_str()), Some(name));
+    }
+    assert_eq!(answers[1].code, Code::InvalidArgument as i32);
+    assert!(answers[1].error.contains("tag"), "{}", answers[1].error);
+    assert!(answers[1].response.is_none());
+    let missing = answers[2].response.as_ref().expect("answered");
+    assert!(missing.file.is_none());
+    assert_eq!(missing.missing, vec![ghost.id.clone()]);
+    assert_eq!(answers[3].code, Code::InvalidArgument as i32);
+    assert!(answers[3].error.contains("size"), "{}", answers[3].error);
+
+    // Exactly the two good files were committed, and they download as the bytes stored.
+    let listed = client
+        .list(authed(
+            pb::ListRequest {
+                tags: vec!["batch".into()],
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .files;
+    let names: HashSet<_> = listed.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, HashSet::from(["one", "two"]));
+    assert_eq!(get(&addrs, &token, work.path(), "two").await, bytes);
+
+    // A batch over the limit is refused whole, and nobody commits without a token.
+    let too_many = pb::CommitFilesRequest {
+        files: (0..=redcloud_meta::service::commit::MAX_FILES_PER_COMMIT)
+            .map(|i| file(&format!("f{i}"), stored.clone(), size))
+            .collect(),
+    };
+    let err = client
+        .commit_files(authed(too_many, &token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let err = client
+        .commit_files(pb::CommitFilesRequest {
+            files: vec![file("three", stored.clone(), size)],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    server.stop().await;
+    c.node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stopped_chunkserver_fails_reads_fall_back_and_a_new_one_is_filled() {
     let work = tempfile::tempdir().unwrap();

@@ -11,6 +11,7 @@
 //! ([`confirm`]).
 
 pub mod admin;
+pub mod commit;
 pub mod confirm;
 pub mod convert;
 pub mod errors;
@@ -31,7 +32,7 @@ use crate::auth::{AuthError, Tokens};
 use crate::clock::NodeClock;
 use crate::collector::GcStatus;
 use crate::directory::Directory;
-use crate::files::{FileView, NewVersion};
+use crate::files::FileView;
 use crate::handle::MetaHandle;
 use crate::hlc::Timestamp;
 use crate::live::LiveSet;
@@ -381,111 +382,37 @@ impl ControllerService for Api {
         let p = &self.parts;
         p.metrics.api_calls.inc();
         let user = p.user(&req).await?;
-        let r = req.into_inner();
-        require_tags("tags", &r.tags)?;
-        if r.chunks.len() > MAX_CHUNKS_PER_CALL {
-            return Err(invalid(
-                "chunks",
-                format!("at most {MAX_CHUNKS_PER_CALL} per file"),
-            ));
+        let mut answers = commit::commit(p, user, vec![req.into_inner()]).await?;
+        match answers.pop() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::internal("the commit gave no answer")),
         }
-        let blake3: [u8; 32] = r.blake3[..]
-            .try_into()
-            .map_err(|_| invalid("blake3", "must be 32 bytes"))?;
-        let mut chunks = Vec::with_capacity(r.chunks.len());
-        let mut total = 0u64;
-        for c in &r.chunks {
-            if c.size > redcloud_proto::MAX_CHUNK_SIZE as u64 {
-                return Err(invalid(
-                    "chunks.size",
-                    format!("{} is over the chunk limit", c.size),
-                ));
-            }
-            chunks.push((chunk_hash(&c.id, "chunks.id")?, c.size));
-            total = total.saturating_add(c.size);
-        }
-        if total != r.size {
-            return Err(invalid(
-                "size",
-                format!("chunks add up to {total} bytes, not {}", r.size),
-            ));
-        }
-        // Check names and tags before asking any chunkserver anything.
-        crate::names::validate_name(&r.name).map_err(errors::status)?;
-        for t in &r.tags {
-            crate::names::validate_tag(t).map_err(errors::status)?;
-        }
-        let distinct: Vec<ChunkHash> = {
-            let mut seen = HashSet::new();
-            chunks
-                .iter()
-                .map(|(h, _)| *h)
-                .filter(|h| seen.insert(*h))
-                .collect()
-        };
-        // The write quorum, confirmed by the active chunkservers themselves (not soft state).
-        let active = p.directory.servers_in(p.clock.mono_ms(), &[Health::Active]);
-        if active.is_empty() && !distinct.is_empty() {
-            return Err(Status::unavailable(
-                "no active chunkserver to confirm the upload",
-            ));
-        }
-        let quorum = (p.settings.write_quorum as usize).min(active.len()).max(1);
-        let copies = confirm::confirm_copies(&p.chunks, &active, &distinct, true).await;
-        let count = |h: &ChunkHash| copies.get(h).map_or(0, Vec::len);
-        for (h, servers) in &copies {
-            for s in servers {
-                p.directory.note_stored(s, *h);
-            }
-        }
-        let missing: Vec<Bytes> = distinct
-            .iter()
-            .filter(|h| count(h) < quorum)
-            .map(|h| Bytes::copy_from_slice(h))
-            .collect();
-        let fewest = distinct.iter().map(count).min().unwrap_or(quorum);
-        if !missing.is_empty() {
-            return Ok(Response::new(pb::CommitFileResponse {
-                file: None,
-                degraded: false,
-                copies: fewest as u32,
-                quorum: quorum as u32,
-                missing,
-            }));
-        }
-        let degraded = (active.len() as u32) < p.settings.write_quorum && !distinct.is_empty();
-        let version = NewVersion {
-            size: r.size,
-            blake3,
-            chunks: chunks.clone(),
-            tags: r.tags,
-        };
-        let name = r.name;
-        let after = after(r.after);
-        let clock = p.clock.clone();
-        let file = p
-            .meta
-            .mutate(move |s| {
-                let (_, commit) = s.add_version(&user, &name, version, clock.now_ms(), after)?;
-                let file = s.file(&user, &name)?;
-                Ok((file_or_not_found(file, &name), vec![commit]))
+    }
+
+    async fn commit_files(
+        &self,
+        req: Request<pb::CommitFilesRequest>,
+    ) -> Result<Response<pb::CommitFilesResponse>, Status> {
+        let p = &self.parts;
+        p.metrics.api_calls.inc();
+        let user = p.user(&req).await?;
+        let answers = commit::commit(p, user, req.into_inner().files).await?;
+        let files = answers
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(response) => pb::CommitFileOutcome {
+                    response: Some(response),
+                    code: 0,
+                    error: String::new(),
+                },
+                Err(status) => pb::CommitFileOutcome {
+                    response: None,
+                    code: status.code() as i32,
+                    error: status.message().to_owned(),
+                },
             })
-            .await
-            .map_err(errors::status)??;
-        // The new chunks count as live at once (the repair loop refreshes the rest).
-        p.live.add(chunks);
-        if degraded {
-            p.metrics.degraded_writes.inc();
-            tracing::warn!(file = %file.name, copies = fewest, wanted = p.settings.write_quorum,
-                "degraded write: fewer active chunkservers than the write quorum");
-        }
-        Ok(Response::new(pb::CommitFileResponse {
-            file: Some(file_info(&file)),
-            degraded,
-            copies: fewest as u32,
-            quorum: quorum as u32,
-            missing: Vec::new(),
-        }))
+            .collect();
+        Ok(Response::new(pb::CommitFilesResponse { files }))
     }
 
     async fn hold_chunks(
