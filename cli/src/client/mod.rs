@@ -1,5 +1,6 @@
 //! The client side of redcloud: controller failover, chunking, uploads and downloads.
 
+pub mod bulk;
 pub mod chunking;
 pub mod connect;
 pub mod download;

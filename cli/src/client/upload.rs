@@ -14,7 +14,8 @@
 //!
 //! Many files ([`upload_many`]) go up several at once over one set of chunkserver
 //! connections, so a small file costs its round trips' latency once per batch of files rather
-//! than once per file, and the controller's group commit makes their commits share fsyncs.
+//! than once per file, and their plans and commits go to the controller in batches
+//! ([`Bulk`]), so they share calls, HasChunks and fsyncs.
 //! Chunk bodies in flight are bounded in bytes across all of them.
 
 use std::collections::HashMap;
@@ -28,10 +29,11 @@ use futures::{StreamExt, TryStreamExt};
 use redcloud_chunk::client;
 use redcloud_chunk::id::ChunkId;
 use redcloud_proto::controller::{
-    ChunkPlan, ChunkRef, CommitFileRequest, FileInfo, HoldChunksRequest, PlanUploadRequest,
+    ChunkPlan, ChunkRef, CommitFileRequest, FileInfo, HoldChunksRequest,
 };
 
 use super::authed;
+use super::bulk::Bulk;
 use super::chunking::{self, ChunkSpan};
 use super::connect::Controllers;
 use super::pool::ChunkPool;
@@ -43,7 +45,7 @@ const PARALLEL_CHUNKS: usize = 4;
 /// Files uploaded at the same time by [`upload_many`]. Small files are latency-bound (a few
 /// round trips each), so many go at once; memory stays bounded by [`IN_FLIGHT_BYTES`] and
 /// [`PARALLEL_CHUNKING`].
-pub const PARALLEL_FILES: usize = 64;
+pub const PARALLEL_FILES: usize = 256;
 /// Files larger than one chunk being chunked at the same time (each needs the chunker's
 /// buffers, about 5 MiB, and a core).
 const PARALLEL_CHUNKING: usize = 4;
@@ -133,7 +135,11 @@ pub async fn upload_with(
     let shared = Shared::new(ctl);
     let token = session.token.clone();
     let after = session.last_write_hlc;
-    let up = upload_one(ctl, &shared, &token, after, path, name, tags, options).await?;
+    let bulk = Bulk::direct();
+    let up = upload_one(
+        ctl, &shared, &token, after, path, name, tags, options, &bulk,
+    )
+    .await?;
     session.observe_write(up.file.hlc)?;
     Ok(up)
 }
@@ -157,19 +163,21 @@ pub async fn upload_many(
     let token = session.token.clone();
     let after = session.last_write_hlc;
     let ctl_template = ctl.clone();
+    let bulk = Bulk::batched(ctl, &token);
     let mut results = Vec::with_capacity(files.len());
-    let mut uploads =
-        futures::stream::iter(
-            files.iter().map(|(path, name)| {
-                let mut ctl = ctl_template.clone();
-                let shared = shared.clone();
-                let token = token.clone();
-                async move {
-                    upload_one(&mut ctl, &shared, &token, after, path, name, tags, options).await
-                }
-            }),
-        )
-        .buffered(PARALLEL_FILES);
+    let mut uploads = futures::stream::iter(files.iter().map(|(path, name)| {
+        let mut ctl = ctl_template.clone();
+        let shared = shared.clone();
+        let token = token.clone();
+        let bulk = bulk.clone();
+        async move {
+            upload_one(
+                &mut ctl, &shared, &token, after, path, name, tags, options, &bulk,
+            )
+            .await
+        }
+    }))
+    .buffered(PARALLEL_FILES);
     while let Some(result) = uploads.next().await {
         done(results.len(), &result);
         results.push(result);
@@ -212,6 +220,7 @@ async fn upload_one(
     name: &str,
     tags: &[String],
     options: &UploadOptions,
+    bulk: &Bulk,
 ) -> Result<Uploaded> {
     let owned: PathBuf = path.to_owned();
     let size_hint = std::fs::metadata(path)
@@ -256,7 +265,7 @@ async fn upload_one(
             size: c.len,
         })
         .collect();
-    let plan = plan_upload(ctl, token, refs.clone(), false).await?;
+    let plan = bulk.plan(ctl, token, refs.clone(), false).await?;
     let quorum = plan.write_quorum.max(1) as usize;
     // Every chunk of the file is held while the upload runs (deduplicated ones too: their
     // last other reference could be deleted meanwhile).
@@ -308,12 +317,7 @@ async fn upload_one(
     let mut attempt = 0;
     let response = loop {
         attempt += 1;
-        let response = ctl
-            .call(|mut c| {
-                let req = authed(commit.clone(), token);
-                async move { c.commit_file(req).await.map(|r| r.into_inner()) }
-            })
-            .await?;
+        let response = bulk.commit(ctl, token, commit.clone()).await?;
         if response.missing.is_empty() {
             break response;
         }
@@ -341,7 +345,7 @@ async fn upload_one(
             chunks = missing.len(),
             "chunks lack copies; writing them again"
         );
-        let replan = plan_upload(ctl, token, missing, true).await?;
+        let replan = bulk.plan(ctl, token, missing, true).await?;
         let quorum = replan.write_quorum.max(1) as usize;
         let again: Vec<(ChunkSpan, ChunkPlan)> = replan
             .chunks
@@ -369,25 +373,6 @@ async fn upload_one(
         copies: response.copies,
         quorum: response.quorum,
     })
-}
-
-async fn plan_upload(
-    ctl: &mut Controllers,
-    token: &str,
-    chunks: Vec<ChunkRef>,
-    force: bool,
-) -> Result<redcloud_proto::controller::PlanUploadResponse> {
-    ctl.call(|mut c| {
-        let req = authed(
-            PlanUploadRequest {
-                chunks: chunks.clone(),
-                force,
-            },
-            token,
-        );
-        async move { c.plan_upload(req).await.map(|r| r.into_inner()) }
-    })
-    .await
 }
 
 /// Reads and writes `chunks` of `path`, several at once, each to `quorum` of its targets.
