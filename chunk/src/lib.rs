@@ -12,7 +12,8 @@
 //! - **Read**: the store re-hashes the chunk before returning it; a copy that fails is deleted
 //!   and the client gets DATA_LOSS. The service streams the requested range in frames.
 //! - **Replicate**: on a controller's order the server pulls a chunk from another chunkserver
-//!   with the [`client`] helpers, verifies it and stores it like a write.
+//!   with the [`client`] helpers over a kept connection ([`pool`]), verifies it and stores it
+//!   like a write.
 //! - **Scrub**: [`scrub::ScrubWorker`] re-reads every chunk at a bounded byte rate, so
 //!   bit rot is found (and the bad copy dropped) before anyone needs the chunk.
 //! - **Report**: `Info` gives capacity, usage, chunk count, the inventory digest (XOR of all
@@ -34,6 +35,7 @@ pub mod inventory_log;
 pub mod lineage;
 pub mod metrics;
 pub mod node;
+pub mod pool;
 pub mod scrub;
 pub mod server;
 pub mod service;

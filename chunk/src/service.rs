@@ -31,6 +31,7 @@ use crate::id::ChunkId;
 use crate::lineage::Lineage;
 use crate::metrics::{Gauge, Metrics, Rejection, add, get};
 use crate::node::NodeIdentity;
+use crate::pool::ChunkPool;
 use crate::store::{
     ChunkStore, Deletion, MAX_CHUNK_SIZE, PutOutcome, StoreError, now_ms, slice_range,
 };
@@ -59,8 +60,9 @@ pub struct ChunkServiceImpl {
     /// Who may call what: nodes of the cluster for internal calls, grant holders for reads
     /// and writes of one chunk.
     gate: Gate,
-    /// How other chunkservers are dialed (ReplicateChunk pulls from a source).
-    transport: redcloud_proto::transport::Transport,
+    /// Kept connections to other chunkservers (ReplicateChunk pulls from a source): a
+    /// repair fill pulls many chunks from one source, each over the same connection.
+    sources: ChunkPool,
 }
 
 type FrameStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -82,7 +84,7 @@ impl ChunkServiceImpl {
             lineage,
             transfers: Arc::new(Semaphore::new(MAX_TRANSFERS)),
             gate,
-            transport,
+            sources: ChunkPool::new(transport),
         }
     }
 
@@ -442,12 +444,13 @@ impl ChunkService for ChunkServiceImpl {
         }
         let _permit = self.transfer_permit().await?;
         let fetch = async {
-            let mut source_client = client::connect(&source, &self.transport).await?;
+            let mut source_client = self.sources.get(&source).await?;
             client::read_chunk(&mut source_client, id, &self.gate.node_metadata()).await
         };
         let bytes = match tokio::time::timeout(REPLICATE_TIMEOUT, fetch).await {
             Ok(Ok(bytes)) => bytes,
             failed => {
+                self.sources.forget(&source);
                 add(&self.metrics.replication_source_failures, 1);
                 let why = match failed {
                     Ok(Err(e)) => e.to_string(),

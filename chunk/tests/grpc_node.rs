@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{DEADLINE, chunk, has, start, start_with, wait_until, wire};
@@ -51,6 +53,66 @@ async fn replicate_copies_a_chunk_from_another_server() {
     );
     let again = client.replicate_chunk(request).await.unwrap().into_inner();
     assert!(again.already_present);
+    source.stop().await;
+    target.stop().await;
+}
+
+/// A TCP proxy to `to` that counts the connections it accepts.
+async fn counting_proxy(to: String) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let to = to.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// A repair fill pulls many chunks from one source: they share one kept connection instead of
+/// a TCP (and TLS) handshake each.
+#[tokio::test]
+async fn replication_from_one_source_keeps_one_connection() {
+    let (source, target) = (start(None).await, start(None).await);
+    let (via, accepted) = counting_proxy(source.addr.clone()).await;
+    let chunks: Vec<_> = (0..6).map(|seed| chunk(40 + seed, 100_000)).collect();
+    let mut to_source = source.client().await;
+    let none = tonic::metadata::MetadataMap::new();
+    for (id, bytes) in &chunks {
+        client::write_chunk(&mut to_source, *id, bytes.clone(), &none)
+            .await
+            .unwrap();
+    }
+    let mut client = target.client().await;
+    for (id, bytes) in &chunks {
+        let request = ReplicateChunkRequest {
+            id: wire(id),
+            source: via.clone(),
+        };
+        let answer = tokio::time::timeout(DEADLINE, client.replicate_chunk(request))
+            .await
+            .expect("replication answers in time")
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.size, bytes.len() as u64);
+        assert_eq!(
+            &client::read_chunk(&mut client, *id, &none).await.unwrap(),
+            bytes
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one connection to the source"
+    );
     source.stop().await;
     target.stop().await;
 }

@@ -16,9 +16,9 @@ use redcloud_proto::controller::{ChunkLocation, FileInfo, ResolveRequest};
 
 use super::authed;
 use super::connect::Controllers;
-use super::pool::ChunkPool;
 use super::progress;
 use crate::session::Session;
+use redcloud_chunk::pool::ChunkPool;
 
 /// Chunks fetched at the same time by one download.
 const PARALLEL_CHUNKS: usize = 4;
@@ -147,7 +147,7 @@ async fn fetch(pool: &ChunkPool, loc: &ChunkLocation) -> Result<bytes::Bytes> {
                 loc.size
             )),
             Err(e) => {
-                pool.forget(addr).await;
+                pool.forget(addr);
                 errors.push(format!("{addr}: {e}"));
             }
         }

@@ -4,7 +4,6 @@ pub mod bulk;
 pub mod chunking;
 pub mod connect;
 pub mod download;
-pub mod pool;
 pub mod progress;
 pub mod upload;
 

@@ -36,9 +36,9 @@ use super::authed;
 use super::bulk::Bulk;
 use super::chunking::{self, ChunkSpan};
 use super::connect::Controllers;
-use super::pool::ChunkPool;
 use super::progress;
 use crate::session::Session;
+use redcloud_chunk::pool::ChunkPool;
 
 /// Chunks written at the same time by one upload.
 const PARALLEL_CHUNKS: usize = 4;
@@ -485,7 +485,7 @@ async fn write_replicas(
             }
             .await;
             if result.is_err() {
-                pool.forget(&addr).await;
+                pool.forget(&addr);
             }
             (addr, result)
         }
