@@ -1,6 +1,9 @@
-//! `metadata_scale`: save, load and resident memory of the metadata for 100k and 1M files.
+//! `metadata_scale`: save, load, resident memory and `list TAG` latency of the metadata for
+//! 100k and 1M files.
 //!
 //! The files are added through `MetaStore::add_version` on in-memory storage (fast to fill);
+//! one file in [`RARE_EVERY`] also carries the tag `rare`, and `MetaStore::list` of that tag
+//! is timed: what a user's `list rare` costs the metadata thread when the tag is selective;
 //! "save" is compacting every document (`Automerge::save`) plus writing the snapshots to the
 //! controller's RocksDB storage with synced writes; "load" is `MetaStore::open` on that
 //! storage, measured in a child process (this bench binary re-executed) so its resident memory
@@ -22,6 +25,11 @@ const BENCH: &str = "metadata_scale";
 /// Environment variable that turns the bench binary into the load child.
 pub const CHILD_ENV: &str = "REDCLOUD_BENCH_SCALE_LOAD";
 const NODE: &str = "scale-bench";
+/// One file in this many carries the tag [`RARE`].
+const RARE_EVERY: usize = 10_000;
+const RARE: &str = "rare";
+/// Timed `list` calls per size.
+const LIST_CALLS: usize = 10;
 
 /// What the load child reports.
 #[derive(Debug, Serialize, Deserialize)]
@@ -111,6 +119,25 @@ pub async fn run(report: &mut Report, profile: Profile) -> Result<()> {
             Some(Target::AtMost(150.0)),
             "",
         );
+        report.info(
+            BENCH,
+            &case,
+            "list of a rare tag: fastest call",
+            ms(r.list[0]),
+            "ms",
+        );
+        report.figure(
+            BENCH,
+            &case,
+            "list of a rare tag: slowest call",
+            ms(r.list[r.list.len() - 1]),
+            "ms",
+            Some(Target::AtMost(50.0)),
+            &format!(
+                "{LIST_CALLS} calls of MetaStore::list returning {} files",
+                files.div_ceil(RARE_EVERY)
+            ),
+        );
         report.info(BENCH, &case, "load time", r.loaded.load_s * 1e3, "ms");
         report.figure(
             BENCH,
@@ -138,6 +165,8 @@ struct Scale {
     fill_rate: f64,
     saved_bytes: usize,
     save: (std::time::Duration, std::time::Duration),
+    /// Times of the `list` calls, fastest first.
+    list: Vec<std::time::Duration>,
     loaded: Loaded,
 }
 
@@ -150,15 +179,23 @@ fn one(files: usize) -> Result<Scale> {
     let start = Instant::now();
     let now = redcloud_meta::clock::system_ms();
     for i in 0..files {
-        store.add_version(
-            USER,
-            &format!("file-{i:07}"),
-            version((i % 251) as u8, 2),
-            now,
-            None,
-        )?;
+        let mut v = version((i % 251) as u8, 2);
+        if i % RARE_EVERY == 0 {
+            v.tags.push(RARE.into());
+        }
+        store.add_version(USER, &format!("file-{i:07}"), v, now, None)?;
     }
     let fill_rate = files as f64 / start.elapsed().as_secs_f64();
+    let mut list = Vec::with_capacity(LIST_CALLS);
+    for _ in 0..LIST_CALLS {
+        let start = Instant::now();
+        let found = store.list(USER, &[RARE.to_owned()])?;
+        list.push(start.elapsed());
+        if found.len() != files.div_ceil(RARE_EVERY) {
+            bail!("list {RARE} found {} files", found.len());
+        }
+    }
+    list.sort();
     let docs = store.docs();
     let start = Instant::now();
     store.compact_all()?;
@@ -206,6 +243,7 @@ fn one(files: usize) -> Result<Scale> {
         fill_rate,
         saved_bytes,
         save: (automerge_save, rocks_write),
+        list,
         loaded,
     })
 }
