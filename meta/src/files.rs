@@ -516,11 +516,37 @@ impl MetaStore {
     }
 
     /// Live files of `owner` carrying all of `tags` (all live files for no tags), by name.
+    /// With tags, only the files carrying the first one are read ([`crate::tag_index`]).
     pub fn list(&self, owner: &str, tags: &[String]) -> Result<Vec<FileView>, MetaError> {
         names::validate_user(owner)?;
         for tag in tags {
             names::validate_tag(tag)?;
         }
+        let Some((first, rest)) = tags.split_first() else {
+            return self.list_scan(owner, tags);
+        };
+        let mut out = Vec::new();
+        for id in self.file_docs() {
+            let names = self.tag_index.files_with(self.doc(id)?, owner, first);
+            'files: for name in names {
+                let fkey = file_key(owner, &name);
+                for tag in rest {
+                    if !self.has_tag(id, &fkey, tag)? {
+                        continue 'files;
+                    }
+                }
+                if let Some(f) = self.file_at(id, &fkey, &name)? {
+                    out.push(f);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// [`MetaStore::list`] by reading every file of `owner`: all files for no tags, and the
+    /// reference the tag index is tested against (O(files of `owner`); validates nothing).
+    pub fn list_scan(&self, owner: &str, tags: &[String]) -> Result<Vec<FileView>, MetaError> {
         let prefix_len = owner.len() + 1;
         let mut out = Vec::new();
         for id in self.file_docs() {

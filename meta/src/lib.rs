@@ -61,6 +61,7 @@ pub mod service;
 pub mod skew;
 pub mod storage;
 pub mod store;
+pub mod tag_index;
 pub mod vv;
 pub mod workers;
 

@@ -344,7 +344,30 @@ impl Cluster {
         }
     }
 
+    /// `list` by tag (through the tag index) equals a scan of every file, on every replica,
+    /// in whatever state the operations so far left it.
+    fn check_tag_lists(&self) {
+        let queries: Vec<Vec<String>> = TAGS
+            .iter()
+            .map(|t| tags(&[t]))
+            .chain([tags(&[TAGS[0], TAGS[1]]), tags(&[TAGS[2], TAGS[0]])])
+            .collect();
+        for s in &self.replicas {
+            for owner in OWNERS {
+                for q in &queries {
+                    assert_eq!(
+                        s.list(owner, q).unwrap(),
+                        s.list_scan(owner, q).unwrap(),
+                        "list {owner} {q:?} on {}",
+                        s.node_id()
+                    );
+                }
+            }
+        }
+    }
+
     fn check(&mut self) {
+        self.check_tag_lists();
         let wall = self.wall + 1000;
         // Production sessions first (after whatever they lost before), then full pairwise
         // Automerge sync to compare.
@@ -356,6 +379,7 @@ impl Cluster {
         }
         sync_all(&mut self.replicas, wall);
         assert_converged(&self.replicas, &OWNERS, &NAMES);
+        self.check_tag_lists();
         for s in &self.replicas {
             for (owner, name, vid) in &self.acked {
                 let h = s.history(owner, name).unwrap();
@@ -411,6 +435,7 @@ proptest! {
         let mut cluster = Cluster::new(n, None);
         for op in &ops {
             cluster.run(op);
+            cluster.check_tag_lists();
         }
         cluster.check();
     }
