@@ -21,10 +21,11 @@ use std::collections::{BTreeMap, HashMap};
 use automerge::ReadDoc;
 use automerge::transaction::Transactable;
 
+use crate::derived::FileCounts;
 use crate::document::DocId;
 use crate::error::MetaError;
 use crate::hlc::Timestamp;
-use crate::names::{self, file_key, prefix_range, sub_key};
+use crate::names::{self, SEP, file_key, prefix_range, sub_key};
 use crate::record::{ChunkHash, ChunkRef, VersionRecord};
 use crate::resolve::{self, Candidate};
 use crate::store::{Commit, MetaStore};
@@ -516,7 +517,7 @@ impl MetaStore {
     }
 
     /// Live files of `owner` carrying all of `tags` (all live files for no tags), by name.
-    /// With tags, only the files carrying the first one are read ([`crate::tag_index`]).
+    /// With tags, only the files carrying the first one are read ([`crate::derived`]).
     pub fn list(&self, owner: &str, tags: &[String]) -> Result<Vec<FileView>, MetaError> {
         names::validate_user(owner)?;
         for tag in tags {
@@ -527,7 +528,7 @@ impl MetaStore {
         };
         let mut out = Vec::new();
         for id in self.file_docs() {
-            let names = self.tag_index.files_with(self.doc(id)?, owner, first);
+            let names = self.derived.files_with(self.doc(id)?, owner, first)?;
             'files: for name in names {
                 let fkey = file_key(owner, &name);
                 for tag in rest {
@@ -672,15 +673,41 @@ impl MetaStore {
     pub fn file_count(&self) -> Result<usize, MetaError> {
         let mut n = 0;
         for id in self.file_docs() {
-            for fkey in self.file_keys(id, None)? {
-                if let Some(s) = self.head_state(id, &fkey)?
-                    && !s.winner().1.deleted
-                {
-                    n += 1;
-                }
-            }
+            n += self.doc_counts(id)?.live;
         }
         Ok(n)
+    }
+
+    /// How many files of each owner have concurrent head candidates (`conflicts(owner).len()`
+    /// for every owner at once, from the cached per-document counts).
+    pub fn conflict_counts(&self) -> Result<HashMap<String, usize>, MetaError> {
+        let mut out: HashMap<String, usize> = HashMap::new();
+        for id in self.file_docs() {
+            for (owner, n) in self.doc_counts(id)?.conflicted {
+                *out.entry(owner).or_default() += n;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Live and conflicted files of one document: cached, recounted when it changed.
+    fn doc_counts(&self, id: DocId) -> Result<FileCounts, MetaError> {
+        self.derived.counts(self.doc(id)?, |_| {
+            let mut counts = FileCounts::default();
+            for fkey in self.file_keys(id, None)? {
+                let Some(state) = self.head_state(id, &fkey)? else {
+                    continue;
+                };
+                if !state.winner().1.deleted {
+                    counts.live += 1;
+                }
+                if state.candidates.len() >= 2 {
+                    let owner = fkey.split(SEP).next().unwrap_or_default();
+                    *counts.conflicted.entry(owner.to_owned()).or_default() += 1;
+                }
+            }
+            Ok(counts)
+        })
     }
 
     /// Drop every trace (versions, head, tags) of deleted files whose tombstone is the only

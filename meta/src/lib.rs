@@ -35,6 +35,7 @@ pub mod chunk_client;
 pub mod clock;
 pub mod cluster;
 pub mod collector;
+pub mod derived;
 pub mod directory;
 pub mod document;
 pub mod error;
@@ -61,7 +62,7 @@ pub mod service;
 pub mod skew;
 pub mod storage;
 pub mod store;
-pub mod tag_index;
+
 pub mod vv;
 pub mod workers;
 

@@ -137,8 +137,8 @@ pub struct MetaStore {
     /// When (this process's monotonic ms) each lone tombstone was first seen here; see
     /// `MetaStore::purge_expired_at`. Not persisted: a restart only delays purges.
     pub(crate) tombstones_seen: HashMap<String, u64>,
-    /// Which files carry which tag, per document; rebuilt per document when it changed.
-    pub(crate) tag_index: crate::tag_index::TagIndex,
+    /// Tag index and file counts, per document, recomputed for a document when it changed.
+    pub(crate) derived: crate::derived::Derived,
 }
 
 impl std::fmt::Debug for MetaStore {
@@ -229,7 +229,7 @@ impl MetaStore {
             store_id,
             created,
             tombstones_seen: HashMap::new(),
-            tag_index: Default::default(),
+            derived: Default::default(),
         };
         if !store.lineage()?.contains(&store.store_id) {
             // A new store (or one created before it recorded itself): its incarnation joins

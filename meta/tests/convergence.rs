@@ -344,16 +344,34 @@ impl Cluster {
         }
     }
 
-    /// `list` by tag (through the tag index) equals a scan of every file, on every replica,
-    /// in whatever state the operations so far left it.
-    fn check_tag_lists(&self) {
+    /// What the per-document caches answer equals a scan of every file, on every replica, in
+    /// whatever state the operations so far left it: `list` by tag, the live file count and
+    /// the conflict counts (`status`).
+    fn check_derived(&self) {
         let queries: Vec<Vec<String>> = TAGS
             .iter()
             .map(|t| tags(&[t]))
             .chain([tags(&[TAGS[0], TAGS[1]]), tags(&[TAGS[2], TAGS[0]])])
             .collect();
         for s in &self.replicas {
+            let live: usize = OWNERS
+                .iter()
+                .map(|o| s.list_scan(o, &[]).unwrap().len())
+                .sum();
+            assert_eq!(
+                s.file_count().unwrap(),
+                live,
+                "file count on {}",
+                s.node_id()
+            );
+            let conflicted = s.conflict_counts().unwrap();
             for owner in OWNERS {
+                assert_eq!(
+                    conflicted.get(owner).copied().unwrap_or(0),
+                    s.conflicts(owner).unwrap().len(),
+                    "conflicts of {owner} on {}",
+                    s.node_id()
+                );
                 for q in &queries {
                     assert_eq!(
                         s.list(owner, q).unwrap(),
@@ -367,7 +385,7 @@ impl Cluster {
     }
 
     fn check(&mut self) {
-        self.check_tag_lists();
+        self.check_derived();
         let wall = self.wall + 1000;
         // Production sessions first (after whatever they lost before), then full pairwise
         // Automerge sync to compare.
@@ -379,7 +397,7 @@ impl Cluster {
         }
         sync_all(&mut self.replicas, wall);
         assert_converged(&self.replicas, &OWNERS, &NAMES);
-        self.check_tag_lists();
+        self.check_derived();
         for s in &self.replicas {
             for (owner, name, vid) in &self.acked {
                 let h = s.history(owner, name).unwrap();
@@ -435,7 +453,7 @@ proptest! {
         let mut cluster = Cluster::new(n, None);
         for op in &ops {
             cluster.run(op);
-            cluster.check_tag_lists();
+            cluster.check_derived();
         }
         cluster.check();
     }
