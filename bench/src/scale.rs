@@ -1,12 +1,13 @@
-//! `metadata_scale`: save, load, resident memory and `list TAG` latency of the metadata for
-//! 100k and 1M files.
+//! `metadata_scale`: save, load, resident memory, and `list TAG` and `status` latency of the
+//! metadata for 100k and 1M files.
 //!
 //! The files are added through `MetaStore::add_version` on in-memory storage (fast to fill);
 //! one file in [`RARE_EVERY`] also carries the tag `rare`, and `MetaStore::list` of that tag
 //! is timed (ten calls, then one after a new file): what a user's `list rare` costs the
 //! metadata thread when the tag is selective, with the tag index cold, warm and with one
-//! document changed;
-//! "save" is compacting every document (`Automerge::save`) plus writing the snapshots to the
+//! document changed; and so is what `status` reads (the live file count and the conflict
+//! counts), first, second and after the new file.
+//! "Save" is compacting every document (`Automerge::save`) plus writing the snapshots to the
 //! controller's RocksDB storage with synced writes; "load" is `MetaStore::open` on that
 //! storage, measured in a child process (this bench binary re-executed) so its resident memory
 //! before and after the load is the documents' alone.
@@ -147,6 +148,29 @@ pub async fn run(report: &mut Report, profile: Profile) -> Result<()> {
             ms(r.list_after_write),
             "ms",
         );
+        report.figure(
+            BENCH,
+            &case,
+            "status counts: first call",
+            ms(r.status[0]),
+            "ms",
+            Some(Target::AtMost(50.0)),
+            "file_count and conflict_counts, as status reads them",
+        );
+        report.info(
+            BENCH,
+            &case,
+            "status counts: second call",
+            ms(r.status[1]),
+            "ms",
+        );
+        report.info(
+            BENCH,
+            &case,
+            "status counts after one new file",
+            ms(r.status[2]),
+            "ms",
+        );
         report.info(BENCH, &case, "load time", r.loaded.load_s * 1e3, "ms");
         report.figure(
             BENCH,
@@ -178,6 +202,8 @@ struct Scale {
     list: Vec<std::time::Duration>,
     /// The list call after one more file was added.
     list_after_write: std::time::Duration,
+    /// `status`'s counts: first call, second call, after one more file.
+    status: [std::time::Duration; 3],
     loaded: Loaded,
 }
 
@@ -197,6 +223,19 @@ fn one(files: usize) -> Result<Scale> {
         store.add_version(USER, &format!("file-{i:07}"), v, now, None)?;
     }
     let fill_rate = files as f64 / start.elapsed().as_secs_f64();
+    // What `status` reads from the metadata: live files and conflicts.
+    let status_counts = |store: &MetaStore| -> Result<std::time::Duration> {
+        let start = Instant::now();
+        let live = store.file_count()?;
+        store.conflict_counts()?;
+        let took = start.elapsed();
+        if live < files {
+            bail!("status counted {live} live files of {files}");
+        }
+        Ok(took)
+    };
+    let status_cold = status_counts(&store)?;
+    let status_warm = status_counts(&store)?;
     let mut list = Vec::with_capacity(LIST_CALLS);
     for _ in 0..LIST_CALLS {
         let start = Instant::now();
@@ -212,6 +251,7 @@ fn one(files: usize) -> Result<Scale> {
     let start = Instant::now();
     store.list(USER, &[RARE.to_owned()])?;
     let list_after_write = start.elapsed();
+    let status_after_write = status_counts(&store)?;
     let docs = store.docs();
     let start = Instant::now();
     store.compact_all()?;
@@ -262,6 +302,7 @@ fn one(files: usize) -> Result<Scale> {
         save: (automerge_save, rocks_write),
         list,
         list_after_write,
+        status: [status_cold, status_warm, status_after_write],
         loaded,
     })
 }
