@@ -54,7 +54,7 @@ impl<T> PerDoc<T> {
 }
 
 /// Live and conflicted files of one document.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct FileCounts {
     /// Files whose head is not a tombstone.
     pub live: usize,
@@ -93,13 +93,14 @@ impl Derived {
         )
     }
 
-    /// `doc`'s file counts, computing them with `count` when `doc` changed.
-    pub(crate) fn counts(
+    /// `read` of `doc`'s file counts, computing them with `count` when `doc` changed.
+    pub(crate) fn counts<R>(
         &self,
         doc: &Document,
         count: impl FnOnce(&Document) -> Result<FileCounts, MetaError>,
-    ) -> Result<FileCounts, MetaError> {
-        self.counts.read(doc, count, FileCounts::clone)
+        read: impl FnOnce(&FileCounts) -> R,
+    ) -> Result<R, MetaError> {
+        self.counts.read(doc, count, read)
     }
 }
 

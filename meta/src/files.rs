@@ -519,26 +519,14 @@ impl MetaStore {
     /// Live files of `owner` carrying all of `tags` (all live files for no tags), by name.
     /// With tags, only the files carrying the first one are read ([`crate::derived`]).
     pub fn list(&self, owner: &str, tags: &[String]) -> Result<Vec<FileView>, MetaError> {
-        names::validate_user(owner)?;
-        for tag in tags {
-            names::validate_tag(tag)?;
-        }
+        validate_query(owner, tags)?;
         let Some((first, rest)) = tags.split_first() else {
             return self.list_scan(owner, tags);
         };
         let mut out = Vec::new();
         for id in self.file_docs() {
-            let names = self.derived.files_with(self.doc(id)?, owner, first)?;
-            'files: for name in names {
-                let fkey = file_key(owner, &name);
-                for tag in rest {
-                    if !self.has_tag(id, &fkey, tag)? {
-                        continue 'files;
-                    }
-                }
-                if let Some(f) = self.file_at(id, &fkey, &name)? {
-                    out.push(f);
-                }
+            for name in self.derived.files_with(self.doc(id)?, owner, first)? {
+                out.extend(self.listed(id, owner, &name, rest)?);
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -546,24 +534,35 @@ impl MetaStore {
     }
 
     /// [`MetaStore::list`] by reading every file of `owner`: all files for no tags, and the
-    /// reference the tag index is tested against (O(files of `owner`); validates nothing).
+    /// reference the tag index is tested against.
     pub fn list_scan(&self, owner: &str, tags: &[String]) -> Result<Vec<FileView>, MetaError> {
+        validate_query(owner, tags)?;
         let prefix_len = owner.len() + 1;
         let mut out = Vec::new();
         for id in self.file_docs() {
-            'files: for fkey in self.file_keys(id, Some(owner))? {
-                for tag in tags {
-                    if !self.has_tag(id, &fkey, tag)? {
-                        continue 'files;
-                    }
-                }
-                if let Some(f) = self.file_at(id, &fkey, &fkey[prefix_len..])? {
-                    out.push(f);
-                }
+            for fkey in self.file_keys(id, Some(owner))? {
+                out.extend(self.listed(id, owner, &fkey[prefix_len..], tags)?);
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    /// The file `owner`/`name` of document `id` if it is live and carries every one of `tags`.
+    fn listed(
+        &self,
+        id: DocId,
+        owner: &str,
+        name: &str,
+        tags: &[String],
+    ) -> Result<Option<FileView>, MetaError> {
+        let fkey = file_key(owner, name);
+        for tag in tags {
+            if !self.has_tag(id, &fkey, tag)? {
+                return Ok(None);
+            }
+        }
+        self.file_at(id, &fkey, name)
     }
 
     /// Every retained version of `(owner, name)`, oldest first, with candidate/head markers.
@@ -673,7 +672,7 @@ impl MetaStore {
     pub fn file_count(&self) -> Result<usize, MetaError> {
         let mut n = 0;
         for id in self.file_docs() {
-            n += self.doc_counts(id)?.live;
+            n += self.doc_counts(id, |c| c.live)?;
         }
         Ok(n)
     }
@@ -683,16 +682,23 @@ impl MetaStore {
     pub fn conflict_counts(&self) -> Result<HashMap<String, usize>, MetaError> {
         let mut out: HashMap<String, usize> = HashMap::new();
         for id in self.file_docs() {
-            for (owner, n) in self.doc_counts(id)?.conflicted {
-                *out.entry(owner).or_default() += n;
-            }
+            self.doc_counts(id, |c| {
+                for (owner, n) in &c.conflicted {
+                    *out.entry(owner.clone()).or_default() += n;
+                }
+            })?;
         }
         Ok(out)
     }
 
-    /// Live and conflicted files of one document: cached, recounted when it changed.
-    fn doc_counts(&self, id: DocId) -> Result<FileCounts, MetaError> {
-        self.derived.counts(self.doc(id)?, |_| {
+    /// `read` of the live and conflicted files of one document: cached, recounted when the
+    /// document changed.
+    fn doc_counts<R>(
+        &self,
+        id: DocId,
+        read: impl FnOnce(&FileCounts) -> R,
+    ) -> Result<R, MetaError> {
+        let count = |_: &_| {
             let mut counts = FileCounts::default();
             for fkey in self.file_keys(id, None)? {
                 let Some(state) = self.head_state(id, &fkey)? else {
@@ -707,7 +713,8 @@ impl MetaStore {
                 }
             }
             Ok(counts)
-        })
+        };
+        self.derived.counts(self.doc(id)?, count, read)
     }
 
     /// Drop every trace (versions, head, tags) of deleted files whose tombstone is the only
@@ -794,4 +801,13 @@ impl MetaStore {
         self.tombstones_seen = seen_now;
         Ok(outcome)
     }
+}
+
+/// Checks the owner and tags of a listing.
+fn validate_query(owner: &str, tags: &[String]) -> Result<(), MetaError> {
+    names::validate_user(owner)?;
+    for tag in tags {
+        names::validate_tag(tag)?;
+    }
+    Ok(())
 }
