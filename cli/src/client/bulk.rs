@@ -213,7 +213,8 @@ async fn send_plans(
     let sent = ctl
         .call(|mut c| {
             let req = authed(request.clone(), token);
-            async move { refused_as_invalid(c.plan_upload(req).await.map(|r| r.into_inner())) }
+            let answer = async move { c.plan_upload(req).await.map(|r| r.into_inner()) };
+            fallback_on(Code::InvalidArgument, answer)
         })
         .await;
     match sent {
@@ -249,23 +250,17 @@ async fn send_commits(
     token: &str,
     batch: Vec<Job<CommitFileRequest, CommitFileResponse>>,
 ) {
-    let (requests, answers): (Vec<CommitFileRequest>, Vec<_>) = batch.into_iter().unzip();
-    let call = CommitFilesRequest {
-        files: requests.clone(),
-    };
+    let (files, answers): (Vec<CommitFileRequest>, Vec<_>) = batch.into_iter().unzip();
+    let call = CommitFilesRequest { files };
     let sent = ctl
         .call(|mut c| {
             let req = authed(call.clone(), token);
-            async move {
-                match c.commit_files(req).await {
-                    Ok(r) => Ok(Some(r.into_inner())),
-                    // A controller that predates CommitFiles.
-                    Err(s) if s.code() == Code::Unimplemented => Ok(None),
-                    Err(s) => Err(s),
-                }
-            }
+            let answer = async move { c.commit_files(req).await.map(|r| r.into_inner()) };
+            // A controller that predates CommitFiles.
+            fallback_on(Code::Unimplemented, answer)
         })
         .await;
+    let requests = call.files;
     match sent {
         Ok(Some(response)) if response.files.len() == answers.len() => {
             for (outcome, answer) in response.files.into_iter().zip(answers) {
@@ -289,11 +284,14 @@ async fn send_commits(
     }
 }
 
-/// A refusal of the request as invalid becomes `None` (the caller then asks file by file).
-fn refused_as_invalid<T>(answer: Result<T, Status>) -> Result<Option<T>, Status> {
-    match answer {
+/// `answer`, where a refusal with `code` becomes `None`: the caller then asks file by file.
+async fn fallback_on<T>(
+    code: Code,
+    answer: impl Future<Output = Result<T, Status>>,
+) -> Result<Option<T>, Status> {
+    match answer.await {
         Ok(v) => Ok(Some(v)),
-        Err(s) if s.code() == Code::InvalidArgument => Ok(None),
+        Err(s) if s.code() == code => Ok(None),
         Err(s) => Err(s),
     }
 }
