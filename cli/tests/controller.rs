@@ -35,18 +35,7 @@ async fn upload_commit_resolve_download_through_the_api() {
     assert_eq!(get(&addrs, &token, work.path(), "a.bin").await, bytes);
 
     // Resolve names every chunk with at least one location, in order, adding up to the size.
-    let mut client = api(&c.addr).await;
-    let r = client
-        .resolve(authed(
-            pb::ResolveRequest {
-                name: "a.bin".into(),
-                version: String::new(),
-            },
-            &token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = resolve(&c.addr, &token, "a.bin").await;
     assert_eq!(
         r.chunks.iter().map(|c| c.size).sum::<u64>(),
         bytes.len() as u64
@@ -73,17 +62,7 @@ async fn commit_files_answers_each_file_on_its_own() {
     let bytes = data(300_000, 5);
     let info = put(&addrs, &token, work.path(), "a.bin", &bytes).await;
     let mut client = api(&c.addr).await;
-    let resolved = client
-        .resolve(authed(
-            pb::ResolveRequest {
-                name: "a.bin".into(),
-                version: String::new(),
-            },
-            &token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let resolved = resolve(&c.addr, &token, "a.bin").await;
     let stored: Vec<pb::ChunkRef> = resolved
         .chunks
         .iter()
@@ -394,19 +373,11 @@ async fn gc_deletes_orphans_but_never_a_chunk_of_a_retained_version() {
     put_tagged(&addrs, &token, work.path(), "keep", &keep, "stay").await;
     let mut client = api(&c.addr).await;
     let chunks_of = |name: &'static str| {
-        let mut client = client.clone();
-        let token = token.clone();
+        let (addr, token) = (c.addr.clone(), token.clone());
         async move {
-            let req = pb::ResolveRequest {
-                name: name.into(),
-                version: String::new(),
-            };
-            let r = client
-                .resolve(authed(req, &token))
+            resolve(&addr, &token, name)
                 .await
-                .unwrap()
-                .into_inner();
-            r.chunks
+                .chunks
                 .into_iter()
                 .map(|c| c.id)
                 .collect::<HashSet<Bytes>>()

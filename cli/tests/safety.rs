@@ -73,18 +73,8 @@ async fn present(addr: &str, ids: &[Bytes]) -> Vec<bool> {
 }
 
 async fn chunk_ids(addr: &str, token: &str, name: &str) -> Vec<Bytes> {
-    api(addr)
+    resolve(addr, token, name)
         .await
-        .resolve(authed(
-            pb::ResolveRequest {
-                name: name.into(),
-                version: String::new(),
-            },
-            token,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
         .chunks
         .into_iter()
         .map(|c| c.id)

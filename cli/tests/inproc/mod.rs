@@ -161,6 +161,21 @@ pub async fn api(addr: &str) -> ControllerServiceClient<tonic::transport::Channe
     ControllerServiceClient::new(channel(addr).await)
 }
 
+/// The head version of `name` and its chunks, as the controller at `addr` resolves it for
+/// `token`'s user.
+pub async fn resolve(addr: &str, token: &str, name: &str) -> pb::ResolveResponse {
+    let request = pb::ResolveRequest {
+        name: name.into(),
+        version: String::new(),
+    };
+    api(addr)
+        .await
+        .resolve(redcloud::client::authed(request, token))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 pub async fn login(addr: &str, user: &str) -> String {
     let mut c = api(addr).await;
     let _ = c
