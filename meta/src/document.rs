@@ -210,6 +210,18 @@ impl Document {
         &self.maps[i]
     }
 
+    /// Which of this document's genesis maps `obj` (an object of a decoded change) is.
+    pub fn map_name(&self, obj: &automerge::legacy::ObjectId) -> Option<&'static str> {
+        let automerge::legacy::ObjectId::Id(automerge::legacy::OpId(counter, actor)) = obj else {
+            return None;
+        };
+        let i = self
+            .maps
+            .iter()
+            .position(|m| matches!(m, ObjId::Id(c, a, _) if c == counter && a == actor))?;
+        map_names(self.id).get(i).copied()
+    }
+
     /// Run `f` in a transaction committed with `time` (an HLC timestamp). On error nothing is
     /// committed.
     pub fn transact<R>(

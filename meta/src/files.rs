@@ -21,11 +21,11 @@ use std::collections::{BTreeMap, HashMap};
 use automerge::ReadDoc;
 use automerge::transaction::Transactable;
 
-use crate::derived::FileCounts;
+use crate::derived::{DocState, FileFlags};
 use crate::document::DocId;
 use crate::error::MetaError;
 use crate::hlc::Timestamp;
-use crate::names::{self, SEP, file_key, prefix_range, sub_key};
+use crate::names::{self, file_key, prefix_range, sub_key};
 use crate::record::{ChunkHash, ChunkRef, VersionRecord};
 use crate::resolve::{self, Candidate};
 use crate::store::{Commit, MetaStore};
@@ -98,6 +98,30 @@ struct HeadState {
 }
 
 impl HeadState {
+    /// The state of a file with these head candidates (version id, record), or `None` for
+    /// none.
+    fn new(mut candidates: Vec<(String, VersionRecord)>) -> Option<Self> {
+        candidates.sort_by(|a, b| a.0.cmp(&b.0));
+        let view: Vec<Candidate<'_>> = candidates
+            .iter()
+            .map(|(vid, r)| Candidate {
+                vid,
+                vv: &r.vv,
+                created: r.created,
+                origin: &r.origin,
+            })
+            .collect();
+        let winner = resolve::winner(&view)?;
+        Some(HeadState { candidates, winner })
+    }
+
+    fn flags(&self) -> FileFlags {
+        FileFlags {
+            live: !self.winner().1.deleted,
+            conflicted: self.candidates.len() >= 2,
+        }
+    }
+
     fn winner(&self) -> &(String, VersionRecord) {
         &self.candidates[self.winner]
     }
@@ -155,7 +179,7 @@ impl MetaStore {
         DocId::Files((k % u64::from(self.shards())) as u32)
     }
 
-    fn file_docs(&self) -> impl Iterator<Item = DocId> + '_ {
+    pub(crate) fn file_docs(&self) -> impl Iterator<Item = DocId> + '_ {
         (0..self.shards()).map(DocId::Files)
     }
 
@@ -191,17 +215,78 @@ impl MetaStore {
                 candidates.push((vid, rec));
             }
         }
-        candidates.sort_by(|a, b| a.0.cmp(&b.0));
-        let view: Vec<Candidate<'_>> = candidates
-            .iter()
-            .map(|(vid, r)| Candidate {
-                vid,
-                vv: &r.vv,
-                created: r.created,
-                origin: &r.origin,
-            })
-            .collect();
-        Ok(resolve::winner(&view).map(|winner| HeadState { candidates, winner }))
+        Ok(HeadState::new(candidates))
+    }
+
+    /// What the derived counts keep of the file at `fkey` ([`crate::derived`]).
+    pub(crate) fn file_flags(&self, id: DocId, fkey: &str) -> Result<Option<FileFlags>, MetaError> {
+        Ok(self.head_state(id, fkey)?.as_ref().map(HeadState::flags))
+    }
+
+    /// Calls `each` with the [`FileFlags`] of every file of document `id`, in one pass over
+    /// its `heads` and `versions` maps: both are in key order, and the record of the head
+    /// `vid` of file `fkey` is at `fkey\x1fvid`, so the pass over `versions` only moves
+    /// forward. A file in conflict, or whose record the pass did not meet where expected, is
+    /// read by key instead ([`MetaStore::head_state`]), so the answer never depends on the
+    /// order, only the speed.
+    pub(crate) fn scan_file_flags(
+        &self,
+        id: DocId,
+        mut each: impl FnMut(&str, Option<FileFlags>),
+    ) -> Result<(), MetaError> {
+        let doc = self.doc(id)?;
+        let mut versions = doc.am.map_range(doc.map("versions"), ..).peekable();
+        for item in doc.am.map_range(doc.map("heads"), ..) {
+            let fkey = item.key.as_ref();
+            let vid = match &item.value {
+                automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(s)) => s.as_ref(),
+                _ => return Err(corrupt(id, fkey, "head is not a string")),
+            };
+            if item.conflict {
+                each(fkey, self.file_flags(id, fkey)?);
+                continue;
+            }
+            let vkey = sub_key(fkey, vid);
+            let mut found = None;
+            while let Some(v) = versions.peek() {
+                match v.key.as_ref().cmp(vkey.as_str()) {
+                    std::cmp::Ordering::Less => {
+                        versions.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        let bytes = match &v.value {
+                            automerge::ValueRef::Scalar(automerge::ScalarValueRef::Bytes(b)) => b,
+                            _ => return Err(corrupt(id, &vkey, "not bytes")),
+                        };
+                        found =
+                            Some(VersionRecord::decode(bytes).map_err(|e| corrupt(id, &vkey, e))?);
+                        versions.next();
+                        break;
+                    }
+                    std::cmp::Ordering::Greater => break,
+                }
+            }
+            let rec = match found {
+                Some(rec) => Some(rec),
+                None => self.read_version(id, &vkey)?,
+            };
+            let state = rec.and_then(|rec| HeadState::new(vec![(vid.to_owned(), rec)]));
+            each(fkey, state.as_ref().map(HeadState::flags));
+        }
+        Ok(())
+    }
+
+    /// Every tag key (`owner\x1fname\x1ftag`) of document `id`.
+    pub(crate) fn scan_tag_keys(
+        &self,
+        id: DocId,
+        mut each: impl FnMut(&str),
+    ) -> Result<(), MetaError> {
+        let doc = self.doc(id)?;
+        for item in doc.am.map_range(doc.map("tags"), ..) {
+            each(&item.key);
+        }
+        Ok(())
     }
 
     fn tags_of(&self, id: DocId, fkey: &str) -> Result<Vec<String>, MetaError> {
@@ -214,12 +299,16 @@ impl MetaStore {
     }
 
     fn has_tag(&self, id: DocId, fkey: &str, tag: &str) -> Result<bool, MetaError> {
+        self.has_tag_key(id, &sub_key(fkey, tag))
+    }
+
+    /// Whether `key` (`owner\x1fname\x1ftag`) is in document `id`'s `tags` map.
+    pub(crate) fn has_tag_key(&self, id: DocId, key: &str) -> Result<bool, MetaError> {
         let doc = self.doc(id)?;
-        let key = sub_key(fkey, tag);
         Ok(doc
             .am
-            .get(doc.map("tags"), key.as_str())
-            .map_err(|e| corrupt(id, &key, e.to_string()))?
+            .get(doc.map("tags"), key)
+            .map_err(|e| corrupt(id, key, e.to_string()))?
             .is_some())
     }
 
@@ -525,7 +614,7 @@ impl MetaStore {
         };
         let mut out = Vec::new();
         for id in self.file_docs() {
-            for name in self.derived.files_with(self.doc(id)?, owner, first)? {
+            for name in self.derived(id, |d| d.files_with(owner, first))? {
                 out.extend(self.listed(id, owner, &name, rest)?);
             }
         }
@@ -672,18 +761,18 @@ impl MetaStore {
     pub fn file_count(&self) -> Result<usize, MetaError> {
         let mut n = 0;
         for id in self.file_docs() {
-            n += self.doc_counts(id, |c| c.live)?;
+            n += self.derived(id, DocState::live)?;
         }
         Ok(n)
     }
 
     /// How many files of each owner have concurrent head candidates (`conflicts(owner).len()`
-    /// for every owner at once, from the cached per-document counts).
+    /// for every owner at once, from the derived per-document counts).
     pub fn conflict_counts(&self) -> Result<HashMap<String, usize>, MetaError> {
         let mut out: HashMap<String, usize> = HashMap::new();
         for id in self.file_docs() {
-            self.doc_counts(id, |c| {
-                for (owner, n) in &c.conflicted {
+            self.derived(id, |d| {
+                for (owner, n) in d.conflicted() {
                     *out.entry(owner.clone()).or_default() += n;
                 }
             })?;
@@ -691,30 +780,19 @@ impl MetaStore {
         Ok(out)
     }
 
-    /// `read` of the live and conflicted files of one document: cached, recounted when the
-    /// document changed.
-    fn doc_counts<R>(
-        &self,
-        id: DocId,
-        read: impl FnOnce(&FileCounts) -> R,
-    ) -> Result<R, MetaError> {
-        let count = |_: &_| {
-            let mut counts = FileCounts::default();
-            for fkey in self.file_keys(id, None)? {
-                let Some(state) = self.head_state(id, &fkey)? else {
-                    continue;
-                };
-                if !state.winner().1.deleted {
-                    counts.live += 1;
-                }
-                if state.candidates.len() >= 2 {
-                    let owner = fkey.split(SEP).next().unwrap_or_default();
-                    *counts.conflicted.entry(owner.to_owned()).or_default() += 1;
-                }
-            }
-            Ok(counts)
-        };
-        self.derived.counts(self.doc(id)?, count, read)
+    /// `read` of document `id`'s derived state ([`crate::derived`]), rebuilt first if it is
+    /// not at the document's heads.
+    fn derived<R>(&self, id: DocId, read: impl FnOnce(&DocState) -> R) -> Result<R, MetaError> {
+        self.derived
+            .read(self.doc(id)?, |doc| self.derive(doc.id), read)
+    }
+
+    /// Document `id`'s derived state built from scratch, in one pass over its maps.
+    pub(crate) fn derive(&self, id: DocId) -> Result<DocState, MetaError> {
+        let mut state = DocState::new(self.doc(id)?.am.get_heads());
+        self.scan_tag_keys(id, |key| state.set_tag(key, true))?;
+        self.scan_file_flags(id, |fkey, flags| state.set_file(fkey, flags))?;
+        Ok(state)
     }
 
     /// Drop every trace (versions, head, tags) of deleted files whose tombstone is the only

@@ -231,6 +231,10 @@ impl MetaStore {
             tombstones_seen: HashMap::new(),
             derived: Default::default(),
         };
+        // Built here, off the request path: `list TAG` and `status` read it from the start.
+        for id in store.file_docs() {
+            store.derived.insert(id, store.derive(id)?);
+        }
         if !store.lineage()?.contains(&store.store_id) {
             // A new store (or one created before it recorded itself): its incarnation joins
             // the lineage, with the cluster's shard count. Anti-entropy carries it to peers.
@@ -317,16 +321,30 @@ impl MetaStore {
     ///
     /// If the write fails the in-memory document keeps the change and the next successful
     /// persist writes it (the heads marker only moves on success).
+    ///
+    /// Every change of every document passes through here, whether made locally or
+    /// replicated, so this is also where the derived state ([`crate::derived`]) follows the
+    /// documents: the same bytes tell it which files and tags changed.
     pub(crate) fn persist(&mut self, id: DocId) -> Result<Option<Commit>, MetaError> {
         let high_water = self.clock.high_water().0.to_be_bytes();
         let slot = self.slot(id)?;
-        let doc = &mut self.docs[slot];
+        let doc = &self.docs[slot];
         let bytes = doc.am.save_after(&doc.persisted_heads);
         if bytes.is_empty() {
             return Ok(None);
         }
         self.storage
             .append(&id.to_string(), &bytes, &[(META_HLC, &high_water)])?;
+        if let DocId::Files(_) = id {
+            self.derived.advance(
+                doc,
+                &doc.persisted_heads,
+                &bytes,
+                |fkey| self.file_flags(id, fkey),
+                |key| self.has_tag_key(id, key),
+            );
+        }
+        let doc = &mut self.docs[slot];
         doc.persisted_heads = doc.am.get_heads();
         doc.increments += 1;
         doc.increment_bytes += bytes.len();
