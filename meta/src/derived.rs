@@ -7,14 +7,17 @@
 //! themselves: every change, local or replicated, by whatever path it arrived, is written to
 //! storage by `MetaStore::persist`, which hands the same bytes to [`Derived::advance`]. The
 //! map keys those changes' operations touch are exactly the keys whose values may differ
-//! (documents are flat: every operation puts or deletes one key of one genesis map), so
-//! re-reading those files and tags brings the state to the document's new heads.
+//! (documents are flat: every operation puts or deletes one key of one genesis map).
+//! `advance` only notes them, so a write pays for decoding its own change and nothing more;
+//! the next read re-reads the noted files and tags, which brings the state to the document's
+//! heads. A read thus pays for the writes since the previous read, at most
+//! [`MAX_TOUCHED_KEYS`] lookups.
 //!
-//! Each state remembers the document heads it is valid at, and a read compares them with the
-//! document's: a state that is missing, behind (a change that did not pass through `persist`)
-//! or was dropped (a batch touching more than [`MAX_TOUCHED_KEYS`] keys, a change that did
-//! not parse) is rebuilt from the document before it is read. So nothing read here is ever
-//! stale; at worst it is slow once.
+//! Each state remembers the document heads it is valid at (noted keys included), and a read
+//! compares them with the document's: a state that is missing, behind (a change that did not
+//! pass through `persist`) or was dropped (more than [`MAX_TOUCHED_KEYS`] keys noted, a
+//! change that did not parse or wrote outside the three maps) is rebuilt from the document
+//! before it is read. So nothing read here is ever stale; at worst it is slow once.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -25,9 +28,9 @@ use crate::document::{DocId, Document, parse_changes};
 use crate::error::MetaError;
 use crate::names::{SEP, prefix_range};
 
-/// Beyond this many touched keys in one persisted batch (a large sync), the document's state
-/// is rebuilt on its next read instead: one pass over the document costs less than this many
-/// lookups.
+/// Beyond this many keys noted since the last read (a large sync), the document's state is
+/// rebuilt on its next read instead: one pass over the document costs about as much as this
+/// many lookups.
 pub const MAX_TOUCHED_KEYS: usize = 4096;
 
 /// What the counts keep of one file with a head.
@@ -39,10 +42,12 @@ pub(crate) struct FileFlags {
     pub conflicted: bool,
 }
 
-/// The derived state of one document, valid at `heads`.
+/// The derived state of one document, valid at `heads` once `pending` is re-read.
 #[derive(Debug)]
 pub(crate) struct DocState {
     heads: Vec<ChangeHash>,
+    /// What changes since the last read touched: not yet reflected below.
+    pending: Touched,
     /// `owner\x1ftag\x1fname` for every tag of every file: the files of one (owner, tag) are
     /// one ordered range. (The `tags` map's keys are `owner\x1fname\x1ftag`.)
     tags: BTreeSet<String>,
@@ -58,6 +63,7 @@ impl DocState {
     pub fn new(heads: Vec<ChangeHash>) -> Self {
         DocState {
             heads,
+            pending: Touched::default(),
             tags: BTreeSet::new(),
             files: HashMap::new(),
             live: 0,
@@ -127,67 +133,76 @@ pub struct Derived {
     docs: Mutex<HashMap<DocId, DocState>>,
 }
 
+/// Reads of one document at its current heads, to bring its state there.
+pub(crate) trait DocReader {
+    /// The state built from scratch.
+    fn build(&self) -> Result<DocState, MetaError>;
+    /// The flags of file `fkey` (`None`: no head).
+    fn file(&self, fkey: &str) -> Result<Option<FileFlags>, MetaError>;
+    /// Whether `key` is in the `tags` map.
+    fn tag(&self, key: &str) -> Result<bool, MetaError>;
+}
+
 impl Derived {
     /// Keeps `state` as `id`'s.
     pub(crate) fn insert(&self, id: DocId, state: DocState) {
         self.docs.lock().insert(id, state);
     }
 
-    /// Runs `read` on `doc`'s state, rebuilding it first with `build` if there is none or it
-    /// is not at `doc`'s heads.
+    /// Runs `read` on `doc`'s state, first re-reading what changes touched since the last
+    /// read, or rebuilding it if there is none or it is not at `doc`'s heads.
     pub(crate) fn read<R>(
         &self,
         doc: &Document,
-        build: impl FnOnce(&Document) -> Result<DocState, MetaError>,
+        reader: &impl DocReader,
         read: impl FnOnce(&DocState) -> R,
     ) -> Result<R, MetaError> {
         let heads = doc.am.get_heads();
         let mut docs = self.docs.lock();
-        if docs.get(&doc.id).is_none_or(|s| s.heads != heads) {
+        let stale = match docs.get_mut(&doc.id) {
+            Some(state) if state.heads == heads => catch_up(state, reader).is_err(),
+            _ => true,
+        };
+        if stale {
             docs.remove(&doc.id);
-            let state = build(doc)?;
-            docs.insert(doc.id, state);
+            docs.insert(doc.id, reader.build()?);
         }
         let state = docs.get(&doc.id).expect("inserted above");
         Ok(read(state))
     }
 
-    /// Brings `doc`'s state from `base` to `doc`'s heads, given `changes` (concatenated raw
-    /// changes: everything `doc` has beyond `base`). `file` reads one file's flags and `tag`
-    /// whether a key is in the `tags` map, both at `doc`'s heads. When the state is not at
-    /// `base`, the changes do not parse, they touch too many keys or a read fails, the state
-    /// is dropped, to be rebuilt on its next read: never advanced on a guess.
-    pub(crate) fn advance(
-        &self,
-        doc: &Document,
-        base: &[ChangeHash],
-        changes: &[u8],
-        mut file: impl FnMut(&str) -> Result<Option<FileFlags>, MetaError>,
-        mut tag: impl FnMut(&str) -> Result<bool, MetaError>,
-    ) {
+    /// Notes what `changes` (concatenated raw changes: everything `doc` has beyond `base`)
+    /// touch, for the next read, and moves `doc`'s state to `doc`'s heads. When the state is
+    /// not at `base`, or the changes do not parse, write outside the three maps or bring the
+    /// noted keys over [`MAX_TOUCHED_KEYS`], the state is dropped, to be rebuilt on its next
+    /// read: never advanced on a guess.
+    pub(crate) fn advance(&self, doc: &Document, base: &[ChangeHash], changes: &[u8]) {
         let mut docs = self.docs.lock();
         let Some(state) = docs.get_mut(&doc.id) else {
             return;
         };
-        let advanced = state.heads == base
-            && touched(changes, MAX_TOUCHED_KEYS, |obj| doc.map_name(obj)).is_some_and(|t| {
-                let mut apply = || -> Result<(), MetaError> {
-                    for fkey in &t.files {
-                        state.set_file(fkey, file(fkey)?);
-                    }
-                    for key in &t.tags {
-                        state.set_tag(key, tag(key)?);
-                    }
-                    Ok(())
-                };
-                apply().is_ok()
+        let noted = state.heads == base
+            && note(&mut state.pending, changes, MAX_TOUCHED_KEYS, |obj| {
+                doc.map_name(obj)
             });
-        if advanced {
+        if noted {
             state.heads = doc.am.get_heads();
         } else {
             docs.remove(&doc.id);
         }
     }
+}
+
+/// Re-reads what `state.pending` names. On error the state is half updated: drop it.
+fn catch_up(state: &mut DocState, reader: &impl DocReader) -> Result<(), MetaError> {
+    let pending = std::mem::take(&mut state.pending);
+    for fkey in &pending.files {
+        state.set_file(fkey, reader.file(fkey)?);
+    }
+    for key in &pending.tags {
+        state.set_tag(key, reader.tag(key)?);
+    }
+    Ok(())
 }
 
 /// What a batch of changes touched.
@@ -199,21 +214,34 @@ struct Touched {
     tags: BTreeSet<String>,
 }
 
-/// What the operations of `changes` touch, given `map_name` of each operation's object; `None`
-/// if `changes` do not parse, touch more than `max` keys, or touch anything but the keys of
-/// the `heads`, `versions` and `tags` maps (which no replica writes: a rebuild then decides).
-fn touched(
+impl Touched {
+    fn len(&self) -> usize {
+        self.files.len() + self.tags.len()
+    }
+}
+
+/// Adds what the operations of `changes` touch to `out`, given `map_name` of each operation's
+/// object. `false` if `changes` do not parse, `out` would hold more than `max` keys, or an
+/// operation touches anything but the keys of the `heads`, `versions` and `tags` maps (which
+/// no replica writes: a rebuild then decides).
+fn note(
+    out: &mut Touched,
     changes: &[u8],
     max: usize,
     map_name: impl Fn(&automerge::legacy::ObjectId) -> Option<&'static str>,
-) -> Option<Touched> {
-    let mut out = Touched::default();
-    for change in parse_changes(changes).ok()? {
+) -> bool {
+    let Ok(changes) = parse_changes(changes) else {
+        return false;
+    };
+    for change in changes {
         for op in change.decode().operations {
             let automerge::legacy::Key::Map(key) = op.key else {
-                return None;
+                return false;
             };
-            match map_name(&op.obj)? {
+            let Some(map) = map_name(&op.obj) else {
+                return false;
+            };
+            match map {
                 "heads" => out.files.insert(key.to_string()),
                 // `fkey\x1fvid`: another key shape is no file's record.
                 "versions" => match key.rsplit_once(SEP) {
@@ -221,14 +249,14 @@ fn touched(
                     None => false,
                 },
                 "tags" => out.tags.insert(key.to_string()),
-                _ => return None,
+                _ => return false,
             };
-            if out.files.len() + out.tags.len() > max {
-                return None;
+            if out.len() > max {
+                return false;
             }
         }
     }
-    Some(out)
+    true
 }
 
 fn file_hash(fkey: &str) -> u64 {
@@ -287,6 +315,11 @@ mod tests {
         assert_eq!((s.live(), s.conflicted().len()), (0, 0));
     }
 
+    fn touched(d: &Document, changes: &[u8], max: usize) -> Option<Touched> {
+        let mut t = Touched::default();
+        note(&mut t, changes, max, |obj| d.map_name(obj)).then_some(t)
+    }
+
     #[test]
     fn touched_names_files_and_tags_by_map() {
         let (mut d, _) =
@@ -303,19 +336,18 @@ mod tests {
         })
         .unwrap();
         let bytes = d.am.save_after(&base);
-        let t = touched(&bytes, 10, |obj| d.map_name(obj)).unwrap();
+        let t = touched(&d, &bytes, 10).unwrap();
         assert_eq!(t.files, BTreeSet::from([f.clone()]));
         assert_eq!(
             t.tags,
             BTreeSet::from([sub_key(&f, "t"), sub_key(&f, "gone")])
         );
+        assert_eq!(touched(&d, &bytes, 2), None, "over the bound");
         assert_eq!(
-            touched(&bytes, 2, |obj| d.map_name(obj)),
+            touched(&d, &bytes[..bytes.len() - 1], 10),
             None,
-            "over the bound"
+            "truncated"
         );
-        let cut = &bytes[..bytes.len() - 1];
-        assert_eq!(touched(cut, 10, |obj| d.map_name(obj)), None, "truncated");
         let base = d.am.get_heads();
         d.transact(2, |tx, _| {
             tx.put_object(automerge::ROOT, "extra", automerge::ObjType::Map)
@@ -323,7 +355,6 @@ mod tests {
         })
         .unwrap();
         let bytes = d.am.save_after(&base);
-        let outside = touched(&bytes, 10, |obj| d.map_name(obj));
-        assert_eq!(outside, None, "a write outside the maps");
+        assert_eq!(touched(&d, &bytes, 10), None, "a write outside the maps");
     }
 }

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use automerge::ReadDoc;
 use automerge::transaction::Transactable;
 
-use crate::derived::{DocState, FileFlags};
+use crate::derived::{DocReader, DocState, FileFlags};
 use crate::document::DocId;
 use crate::error::MetaError;
 use crate::hlc::Timestamp;
@@ -156,6 +156,30 @@ fn view(vid: &str, rec: &VersionRecord, is_candidate: bool, is_head: bool) -> Ve
     }
 }
 
+/// The reads [`crate::derived`] makes of one file document.
+struct Reader<'a> {
+    store: &'a MetaStore,
+    id: DocId,
+}
+
+impl DocReader for Reader<'_> {
+    fn build(&self) -> Result<DocState, MetaError> {
+        self.store.derive(self.id)
+    }
+
+    fn file(&self, fkey: &str) -> Result<Option<FileFlags>, MetaError> {
+        Ok(self
+            .store
+            .head_state(self.id, fkey)?
+            .as_ref()
+            .map(HeadState::flags))
+    }
+
+    fn tag(&self, key: &str) -> Result<bool, MetaError> {
+        self.store.has_tag_key(self.id, key)
+    }
+}
+
 /// A new version id: the HLC timestamp (so ids sort by creation) and 32 random bits (so two
 /// incarnations sharing a node id and clock state cannot collide).
 fn new_vid(ts: Timestamp) -> String {
@@ -218,18 +242,13 @@ impl MetaStore {
         Ok(HeadState::new(candidates))
     }
 
-    /// What the derived counts keep of the file at `fkey` ([`crate::derived`]).
-    pub(crate) fn file_flags(&self, id: DocId, fkey: &str) -> Result<Option<FileFlags>, MetaError> {
-        Ok(self.head_state(id, fkey)?.as_ref().map(HeadState::flags))
-    }
-
     /// Calls `each` with the [`FileFlags`] of every file of document `id`, in one pass over
     /// its `heads` and `versions` maps: both are in key order, and the record of the head
     /// `vid` of file `fkey` is at `fkey\x1fvid`, so the pass over `versions` only moves
     /// forward. A file in conflict, or whose record the pass did not meet where expected, is
     /// read by key instead ([`MetaStore::head_state`]), so the answer never depends on the
     /// order, only the speed.
-    pub(crate) fn scan_file_flags(
+    fn scan_file_flags(
         &self,
         id: DocId,
         mut each: impl FnMut(&str, Option<FileFlags>),
@@ -243,7 +262,10 @@ impl MetaStore {
                 _ => return Err(corrupt(id, fkey, "head is not a string")),
             };
             if item.conflict {
-                each(fkey, self.file_flags(id, fkey)?);
+                each(
+                    fkey,
+                    self.head_state(id, fkey)?.as_ref().map(HeadState::flags),
+                );
                 continue;
             }
             let vkey = sub_key(fkey, vid);
@@ -277,11 +299,7 @@ impl MetaStore {
     }
 
     /// Every tag key (`owner\x1fname\x1ftag`) of document `id`.
-    pub(crate) fn scan_tag_keys(
-        &self,
-        id: DocId,
-        mut each: impl FnMut(&str),
-    ) -> Result<(), MetaError> {
+    fn scan_tag_keys(&self, id: DocId, mut each: impl FnMut(&str)) -> Result<(), MetaError> {
         let doc = self.doc(id)?;
         for item in doc.am.map_range(doc.map("tags"), ..) {
             each(&item.key);
@@ -303,7 +321,7 @@ impl MetaStore {
     }
 
     /// Whether `key` (`owner\x1fname\x1ftag`) is in document `id`'s `tags` map.
-    pub(crate) fn has_tag_key(&self, id: DocId, key: &str) -> Result<bool, MetaError> {
+    fn has_tag_key(&self, id: DocId, key: &str) -> Result<bool, MetaError> {
         let doc = self.doc(id)?;
         Ok(doc
             .am
@@ -780,11 +798,11 @@ impl MetaStore {
         Ok(out)
     }
 
-    /// `read` of document `id`'s derived state ([`crate::derived`]), rebuilt first if it is
-    /// not at the document's heads.
+    /// `read` of document `id`'s derived state ([`crate::derived`]), brought to the
+    /// document's heads first.
     fn derived<R>(&self, id: DocId, read: impl FnOnce(&DocState) -> R) -> Result<R, MetaError> {
-        self.derived
-            .read(self.doc(id)?, |doc| self.derive(doc.id), read)
+        let reader = Reader { store: self, id };
+        self.derived.read(self.doc(id)?, &reader, read)
     }
 
     /// Document `id`'s derived state built from scratch, in one pass over its maps.

@@ -336,13 +336,7 @@ impl MetaStore {
         self.storage
             .append(&id.to_string(), &bytes, &[(META_HLC, &high_water)])?;
         if let DocId::Files(_) = id {
-            self.derived.advance(
-                doc,
-                &doc.persisted_heads,
-                &bytes,
-                |fkey| self.file_flags(id, fkey),
-                |key| self.has_tag_key(id, key),
-            );
+            self.derived.advance(doc, &doc.persisted_heads, &bytes);
         }
         let doc = &mut self.docs[slot];
         doc.persisted_heads = doc.am.get_heads();
