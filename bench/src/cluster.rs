@@ -81,9 +81,21 @@ impl Cluster {
 
     /// Starts one more node, bootstrapping from all the others.
     pub async fn add(&mut self) -> Result<()> {
+        self.add_from(
+            tempfile::tempdir()?,
+            redcloud_p2p::Keypair::generate_ed25519(),
+        )
+        .await
+    }
+
+    /// Starts one more node on the metadata in `dir/meta` (empty, or written for the node id
+    /// of `keypair`'s peer id), bootstrapping from all the others.
+    pub async fn add_from(&mut self, dir: TempDir, keypair: redcloud_p2p::Keypair) -> Result<()> {
         let bootstrap = self.nodes.iter().map(|n| n.addr.clone()).collect();
         let node = start_node(
             self.nodes.len(),
+            dir,
+            keypair,
             bootstrap,
             self.sync_interval,
             self.events_tx.clone(),
@@ -91,6 +103,13 @@ impl Cluster {
         .await?;
         self.nodes.push(node);
         Ok(())
+    }
+
+    /// Stops delivering probe events (a bulk transfer would queue a copy of every change).
+    pub fn ignore_events(&mut self) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        drop(tx);
+        self.events = rx;
     }
 
     /// Waits until every node is connected to every other and has at least `min(n - 1, 5)`
@@ -152,12 +171,12 @@ impl Cluster {
 
 async fn start_node(
     index: usize,
+    dir: TempDir,
+    keypair: redcloud_p2p::Keypair,
     bootstrap: Vec<String>,
     sync_interval: Duration,
     events: mpsc::UnboundedSender<Applied>,
 ) -> Result<Node> {
-    let dir = tempfile::tempdir()?;
-    let keypair = redcloud_p2p::Keypair::generate_ed25519();
     let peer = keypair.public().to_peer_id();
     let path = dir.path().join("meta");
     let storage = tokio::task::spawn_blocking(move || RocksStorage::open(&path))
@@ -169,10 +188,12 @@ async fn start_node(
         events,
         pending: Vec::new(),
     };
-    let store = MetaStore::open(
-        Box::new(probe),
-        redcloud_meta::Config::new(NodeId::new(peer.to_string())?),
-    )?;
+    let node_id = NodeId::new(peer.to_string())?;
+    // A saved store of many files takes seconds to open: off the async threads.
+    let store = tokio::task::spawn_blocking(move || {
+        MetaStore::open(Box::new(probe), redcloud_meta::Config::new(node_id))
+    })
+    .await??;
     let mut config = redcloud_p2p::Config::new(CLUSTER, keypair);
     config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
     config.mdns = false;

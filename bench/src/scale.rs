@@ -14,20 +14,26 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use redcloud_meta::{MemStorage, MetaStore, NodeId, RocksStorage};
 use serde::{Deserialize, Serialize};
+use tempfile::TempDir;
 
 use crate::Profile;
-use crate::cluster::{USER, version};
+use crate::cluster::{Cluster, USER, version};
 use crate::results::{Report, Target, ms};
 
 const BENCH: &str = "metadata_scale";
 /// Environment variable that turns the bench binary into the load child.
 pub const CHILD_ENV: &str = "REDCLOUD_BENCH_SCALE_LOAD";
-const NODE: &str = "scale-bench";
+/// The node id of the saved store, for the load child.
+const NODE_ENV: &str = "REDCLOUD_BENCH_SCALE_NODE";
+/// Anti-entropy period of the catch-up controllers (the controller's default).
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// The catch-up measurement gives up after this long.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(1200);
 /// One file in this many carries the tag [`RARE`].
 const RARE_EVERY: usize = 10_000;
 const RARE: &str = "rare";
@@ -65,7 +71,7 @@ pub fn child_load(dir: &Path) -> Result<Loaded> {
     let start = Instant::now();
     let store = MetaStore::open(
         Box::new(storage),
-        redcloud_meta::Config::new(NodeId::new(NODE)?),
+        redcloud_meta::Config::new(NodeId::new(std::env::var(NODE_ENV)?)?),
     )?;
     let load_s = start.elapsed().as_secs_f64();
     let rss_after = rss_bytes();
@@ -93,7 +99,9 @@ pub async fn run(report: &mut Report, profile: Profile) -> Result<()> {
         Profile::Quick => &[5_000],
     };
     for &files in sizes {
-        let r = tokio::task::spawn_blocking(move || one(files)).await??;
+        let mut r = tokio::task::spawn_blocking(move || one(files)).await??;
+        let (dir, keypair) = r.saved.take().context("the saved store")?;
+        let caught = catch_up(dir, keypair, files + 1).await?;
         let case = format!("{}k files", files / 1000);
         let per_100k = 100_000.0 / files as f64;
         report.info(
@@ -217,6 +225,29 @@ pub async fn run(report: &mut Report, profile: Profile) -> Result<()> {
         report.figure(
             BENCH,
             &case,
+            "catch-up of a new controller",
+            caught.took.as_secs_f64(),
+            "s",
+            Some(Target::AtMost(60.0)),
+            "from its start to equal metadata, over 127.0.0.1",
+        );
+        report.info(
+            BENCH,
+            &case,
+            "catch-up: bytes exchanged per file",
+            caught.bytes as f64 / files as f64,
+            "B",
+        );
+        report.info(
+            BENCH,
+            &case,
+            "catch-up: requests",
+            caught.requests as f64,
+            "",
+        );
+        report.figure(
+            BENCH,
+            &case,
             "resident memory per file",
             r.loaded.rss_after.saturating_sub(r.loaded.rss_before) as f64 / files as f64,
             "B",
@@ -238,10 +269,14 @@ struct Scale {
     /// `status`'s counts: first call, second call, after one more file.
     status: [std::time::Duration; 3],
     loaded: Loaded,
+    /// The saved store's directory and its node's key, for the catch-up.
+    saved: Option<(TempDir, redcloud_p2p::Keypair)>,
 }
 
 fn one(files: usize) -> Result<Scale> {
-    let node = NodeId::new(NODE)?;
+    // The node id is the peer id of a key, as on a controller: the catch-up serves this store.
+    let keypair = redcloud_p2p::Keypair::generate_ed25519();
+    let node = NodeId::new(keypair.public().to_peer_id().to_string())?;
     let mut store = MetaStore::open(
         Box::new(MemStorage::new()),
         redcloud_meta::Config::new(node.clone()),
@@ -302,7 +337,7 @@ fn one(files: usize) -> Result<Scale> {
     let dir = tempfile::tempdir()?;
     let rocks = RocksStorage::open(dir.path().join("meta"))?;
     let mut storage =
-        MetaStore::open(Box::new(rocks), redcloud_meta::Config::new(node))?.into_storage();
+        MetaStore::open(Box::new(rocks), redcloud_meta::Config::new(node.clone()))?.into_storage();
     let start = Instant::now();
     for (name, snapshot) in &snapshots {
         storage.compact(name, snapshot)?;
@@ -314,6 +349,7 @@ fn one(files: usize) -> Result<Scale> {
     let exe = std::env::current_exe()?;
     let out = Command::new(exe)
         .env(CHILD_ENV, dir.path())
+        .env(NODE_ENV, node.as_str())
         .output()
         .context("starting the load child")?;
     if !out.status.success() {
@@ -337,5 +373,43 @@ fn one(files: usize) -> Result<Scale> {
         list_after_write,
         status: [status_cold, status_warm, status_after_write],
         loaded,
+        saved: Some((dir, keypair)),
+    })
+}
+
+/// A new controller catching up with one that holds a saved store.
+struct CatchUp {
+    /// From the newcomer's start to equal digests.
+    took: Duration,
+    /// Sync requests and answers, both directions, both nodes.
+    bytes: u64,
+    requests: u64,
+}
+
+/// Starts a controller core (network, replication, metadata owner) on the store saved in
+/// `dir`, then an empty one that bootstraps from it, and waits until their metadata is equal;
+/// checks that the newcomer then lists `files` live files.
+async fn catch_up(dir: TempDir, keypair: redcloud_p2p::Keypair, files: usize) -> Result<CatchUp> {
+    let mut cluster = Cluster::start(0, SYNC_INTERVAL).await?;
+    cluster.ignore_events();
+    cluster.add_from(dir, keypair).await?;
+    let start = Instant::now();
+    cluster.add().await?;
+    cluster.wait_equal(CATCH_UP_LIMIT).await?;
+    let took = start.elapsed();
+    let (mut bytes, mut requests) = (0, 0);
+    for n in &cluster.nodes {
+        bytes += n.metrics.request_bytes_sent.get() + n.metrics.response_bytes_received.get();
+        requests += n.metrics.requests_sent.get();
+    }
+    let found = cluster.nodes[1].meta.call(|s| s.file_count()).await??;
+    cluster.stop().await;
+    if found != files {
+        bail!("the new controller has {found} live files of {files}");
+    }
+    Ok(CatchUp {
+        took,
+        bytes,
+        requests,
     })
 }
