@@ -8,10 +8,10 @@
 //! storage by `MetaStore::persist`, which hands the same bytes to [`Derived::advance`]. The
 //! map keys those changes' operations touch are exactly the keys whose values may differ
 //! (documents are flat: every operation puts or deletes one key of one genesis map).
-//! `advance` only notes them, so a write pays for decoding its own change and nothing more;
-//! the next read re-reads the noted files and tags, which brings the state to the document's
-//! heads. A read thus pays for the writes since the previous read, at most
-//! [`MAX_TOUCHED_KEYS`] lookups.
+//! `advance` only notes them, so a write pays for decoding its own change; the next read
+//! re-reads the noted files and tags, which brings the state to the document's heads. When
+//! [`MAX_TOUCHED_KEYS`] keys are noted, the write that got there re-reads them instead, so a
+//! read never pays for more than that many lookups however long it has been since the last.
 //!
 //! Each state remembers the document heads it is valid at (noted keys included), and a read
 //! compares them with the document's: a state that is missing, behind (a change that did not
@@ -28,9 +28,10 @@ use crate::document::{DocId, Document, parse_changes};
 use crate::error::MetaError;
 use crate::names::{SEP, prefix_range};
 
-/// Beyond this many keys noted since the last read (a large sync), the document's state is
-/// rebuilt on its next read instead: one pass over the document costs about as much as this
-/// many lookups.
+/// Noted keys re-read by the write that brings them to this many rather than by the next
+/// read. A single batch of changes touching more than this many (a large sync) makes the
+/// document's state be rebuilt on its next read instead: one pass over a document of 60k
+/// files costs about as much as this many lookups.
 pub const MAX_TOUCHED_KEYS: usize = 4096;
 
 /// What the counts keep of one file with a head.
@@ -172,22 +173,32 @@ impl Derived {
     }
 
     /// Notes what `changes` (concatenated raw changes: everything `doc` has beyond `base`)
-    /// touch, for the next read, and moves `doc`'s state to `doc`'s heads. When the state is
-    /// not at `base`, or the changes do not parse, write outside the three maps or bring the
-    /// noted keys over [`MAX_TOUCHED_KEYS`], the state is dropped, to be rebuilt on its next
-    /// read: never advanced on a guess.
-    pub(crate) fn advance(&self, doc: &Document, base: &[ChangeHash], changes: &[u8]) {
+    /// touch, for the next read, and moves `doc`'s state to `doc`'s heads; re-reads the noted
+    /// keys with `reader` once there are [`MAX_TOUCHED_KEYS`] of them. When the state is not
+    /// at `base`, or the changes do not parse, write outside the three maps or touch more
+    /// than [`MAX_TOUCHED_KEYS`] keys themselves, or a re-read fails, the state is dropped, to
+    /// be rebuilt on its next read: never advanced on a guess.
+    pub(crate) fn advance(
+        &self,
+        doc: &Document,
+        base: &[ChangeHash],
+        changes: &[u8],
+        reader: &impl DocReader,
+    ) {
         let mut docs = self.docs.lock();
         let Some(state) = docs.get_mut(&doc.id) else {
             return;
         };
-        let noted = state.heads == base
-            && note(&mut state.pending, changes, MAX_TOUCHED_KEYS, |obj| {
-                doc.map_name(obj)
-            });
-        if noted {
+        let bound = state.pending.len() + MAX_TOUCHED_KEYS;
+        let mut kept = state.heads == base
+            && note(&mut state.pending, changes, bound, |obj| doc.map_name(obj));
+        if kept {
             state.heads = doc.am.get_heads();
-        } else {
+            if state.pending.len() >= MAX_TOUCHED_KEYS {
+                kept = catch_up(state, reader).is_ok();
+            }
+        }
+        if !kept {
             docs.remove(&doc.id);
         }
     }
@@ -356,5 +367,75 @@ mod tests {
         .unwrap();
         let bytes = d.am.save_after(&base);
         assert_eq!(touched(&d, &bytes, 10), None, "a write outside the maps");
+    }
+
+    /// Answers every file as live and every tag as present, counting its calls.
+    #[derive(Default)]
+    struct CountingReader {
+        builds: std::cell::Cell<usize>,
+        files: std::cell::Cell<usize>,
+    }
+
+    impl DocReader for CountingReader {
+        fn build(&self) -> Result<DocState, MetaError> {
+            self.builds.set(self.builds.get() + 1);
+            Ok(DocState::new(Vec::new()))
+        }
+
+        fn file(&self, _: &str) -> Result<Option<FileFlags>, MetaError> {
+            self.files.set(self.files.get() + 1);
+            Ok(Some(FileFlags {
+                live: true,
+                conflicted: false,
+            }))
+        }
+
+        fn tag(&self, _: &str) -> Result<bool, MetaError> {
+            Ok(true)
+        }
+    }
+
+    /// Commits `keys` new heads to `d` in one change and hands it to `derived`.
+    fn write(d: &mut Document, derived: &Derived, reader: &CountingReader, keys: Vec<String>) {
+        let base = d.am.get_heads();
+        d.transact(1, |tx, m| {
+            keys.iter()
+                .try_for_each(|k| tx.put(m.get("heads"), k.as_str(), "v"))
+        })
+        .unwrap();
+        derived.advance(d, &base, &d.am.save_after(&base), reader);
+    }
+
+    #[test]
+    fn notes_are_read_by_the_write_that_fills_them_or_by_the_next_read() {
+        let (mut d, _) =
+            Document::open(DocId::Files(0), crate::storage::StoredDoc::default()).unwrap();
+        let (derived, reader) = (Derived::default(), CountingReader::default());
+        derived.insert(d.id, DocState::new(d.am.get_heads()));
+        let n = MAX_TOUCHED_KEYS + 10;
+        for i in 0..n {
+            write(
+                &mut d,
+                &derived,
+                &reader,
+                vec![file_key("ann", &i.to_string())],
+            );
+        }
+        assert_eq!(reader.files.get(), MAX_TOUCHED_KEYS, "re-read by the write");
+        let live = derived.read(&d, &reader, DocState::live).unwrap();
+        assert_eq!((live, reader.files.get(), reader.builds.get()), (n, n, 0));
+
+        // One batch over the bound: the state is rebuilt by the next read, not advanced.
+        let many = (0..=MAX_TOUCHED_KEYS)
+            .map(|i| file_key("bob", &i.to_string()))
+            .collect();
+        write(&mut d, &derived, &reader, many);
+        assert_eq!(
+            reader.files.get(),
+            n,
+            "no re-read of a batch over the bound"
+        );
+        derived.read(&d, &reader, DocState::live).unwrap();
+        assert_eq!(reader.builds.get(), 1);
     }
 }

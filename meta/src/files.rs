@@ -157,9 +157,15 @@ fn view(vid: &str, rec: &VersionRecord, is_candidate: bool, is_head: bool) -> Ve
 }
 
 /// The reads [`crate::derived`] makes of one file document.
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     store: &'a MetaStore,
     id: DocId,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(store: &'a MetaStore, id: DocId) -> Self {
+        Reader { store, id }
+    }
 }
 
 impl DocReader for Reader<'_> {
@@ -801,7 +807,7 @@ impl MetaStore {
     /// `read` of document `id`'s derived state ([`crate::derived`]), brought to the
     /// document's heads first.
     fn derived<R>(&self, id: DocId, read: impl FnOnce(&DocState) -> R) -> Result<R, MetaError> {
-        let reader = Reader { store: self, id };
+        let reader = Reader::new(self, id);
         self.derived.read(self.doc(id)?, &reader, read)
     }
 

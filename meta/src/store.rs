@@ -336,7 +336,9 @@ impl MetaStore {
         self.storage
             .append(&id.to_string(), &bytes, &[(META_HLC, &high_water)])?;
         if let DocId::Files(_) = id {
-            self.derived.advance(doc, &doc.persisted_heads, &bytes);
+            let reader = crate::files::Reader::new(self, id);
+            self.derived
+                .advance(doc, &doc.persisted_heads, &bytes, &reader);
         }
         let doc = &mut self.docs[slot];
         doc.persisted_heads = doc.am.get_heads();
