@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 
 use crate::document::{DocId, Document, parse_changes};
 use crate::error::MetaError;
-use crate::names::{SEP, prefix_range};
+use crate::names::{SEP, file_hash, prefix_range};
 
 /// Noted keys of one document are re-read by the write that brings them to this many rather
 /// than by the next read: a `status` reads every document, so it pays at most this many
@@ -273,11 +273,6 @@ fn note(
         }
     }
     true
-}
-
-fn file_hash(fkey: &str) -> u64 {
-    let h = blake3::hash(fkey.as_bytes());
-    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 /// `owner\x1fname\x1ftag` -> `owner\x1ftag\x1fname`; `None` for a key without both separators.

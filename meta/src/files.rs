@@ -140,6 +140,20 @@ impl HeadState {
     }
 }
 
+/// The version record stored under `key` as `value`.
+fn record(
+    id: DocId,
+    key: &str,
+    value: &automerge::ValueRef<'_>,
+) -> Result<VersionRecord, MetaError> {
+    match value {
+        automerge::ValueRef::Scalar(automerge::ScalarValueRef::Bytes(b)) => {
+            VersionRecord::decode(b).map_err(|e| corrupt(id, key, e))
+        }
+        _ => Err(corrupt(id, key, "not bytes")),
+    }
+}
+
 fn view(vid: &str, rec: &VersionRecord, is_candidate: bool, is_head: bool) -> VersionView {
     VersionView {
         vid: vid.to_owned(),
@@ -204,8 +218,7 @@ impl MetaStore {
     /// The document holding `(owner, name)`: `files/<k>`, k = first 8 bytes (little endian) of
     /// BLAKE3(`owner\x1fname`) mod the shard count.
     pub fn file_doc(&self, owner: &str, name: &str) -> DocId {
-        let h = blake3::hash(file_key(owner, name).as_bytes());
-        let k = u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"));
+        let k = names::file_hash(&file_key(owner, name));
         DocId::Files((k % u64::from(self.shards())) as u32)
     }
 
@@ -275,27 +288,12 @@ impl MetaStore {
                 continue;
             }
             let vkey = sub_key(fkey, vid);
-            let mut found = None;
-            while let Some(v) = versions.peek() {
-                match v.key.as_ref().cmp(vkey.as_str()) {
-                    std::cmp::Ordering::Less => {
-                        versions.next();
-                    }
-                    std::cmp::Ordering::Equal => {
-                        let bytes = match &v.value {
-                            automerge::ValueRef::Scalar(automerge::ScalarValueRef::Bytes(b)) => b,
-                            _ => return Err(corrupt(id, &vkey, "not bytes")),
-                        };
-                        found =
-                            Some(VersionRecord::decode(bytes).map_err(|e| corrupt(id, &vkey, e))?);
-                        versions.next();
-                        break;
-                    }
-                    std::cmp::Ordering::Greater => break,
-                }
-            }
-            let rec = match found {
-                Some(rec) => Some(rec),
+            while versions
+                .next_if(|v| v.key.as_ref() < vkey.as_str())
+                .is_some()
+            {}
+            let rec = match versions.next_if(|v| v.key == vkey) {
+                Some(v) => Some(record(id, &vkey, &v.value)?),
                 None => self.read_version(id, &vkey)?,
             };
             let state = rec.and_then(|rec| HeadState::new(vec![(vid.to_owned(), rec)]));
@@ -741,11 +739,7 @@ impl MetaStore {
         for id in self.file_docs() {
             let doc = self.doc(id)?;
             for item in doc.am.map_range(doc.map("versions"), ..) {
-                let bytes = match &item.value {
-                    automerge::ValueRef::Scalar(automerge::ScalarValueRef::Bytes(b)) => b,
-                    _ => return Err(corrupt(id, &item.key, "not bytes")),
-                };
-                let rec = VersionRecord::decode(bytes).map_err(|e| corrupt(id, &item.key, e))?;
+                let rec = record(id, &item.key, &item.value)?;
                 for c in rec.chunks {
                     out.insert(c.hash, c.len);
                 }
@@ -766,11 +760,7 @@ impl MetaStore {
         for id in self.file_docs() {
             let doc = self.doc(id)?;
             for item in doc.am.map_range(doc.map("versions"), prefix_range(owner)) {
-                let bytes = match &item.value {
-                    automerge::ValueRef::Scalar(automerge::ScalarValueRef::Bytes(b)) => b,
-                    _ => return Err(corrupt(id, &item.key, "not bytes")),
-                };
-                let rec = VersionRecord::decode(bytes).map_err(|e| corrupt(id, &item.key, e))?;
+                let rec = record(id, &item.key, &item.value)?;
                 for c in rec.chunks {
                     if candidates.contains(&c.hash) {
                         out.insert(c.hash);

@@ -102,6 +102,13 @@ pub(crate) fn file_key(owner: &str, name: &str) -> String {
     format!("{owner}{SEP}{name}")
 }
 
+/// The first 8 bytes (little endian) of BLAKE3(`fkey`): what places a file in its shard, and
+/// how the derived counts tell files apart.
+pub(crate) fn file_hash(fkey: &str) -> u64 {
+    let h = blake3::hash(fkey.as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
 /// `file_key\x1fpart`: a version (`part` = vid) or a tag of a file.
 pub(crate) fn sub_key(file_key: &str, part: &str) -> String {
     format!("{file_key}{SEP}{part}")
