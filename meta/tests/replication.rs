@@ -22,6 +22,11 @@ fn test_secret() -> redcloud_proto::trust::ClusterSecret {
 }
 
 async fn start(bootstrap: Vec<String>) -> Node {
+    start_with(bootstrap, Duration::from_millis(300)).await
+}
+
+/// A controller whose anti-entropy runs every `sync_interval` (and when a peer connects).
+async fn start_with(bootstrap: Vec<String>, sync_interval: Duration) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = ControllerConfig {
         data_dir: dir.path().to_path_buf(),
@@ -29,7 +34,7 @@ async fn start(bootstrap: Vec<String>) -> Node {
         p2p_listen: "/ip4/127.0.0.1/tcp/0".into(),
         bootstrap,
         mdns: false,
-        sync_interval: Duration::from_millis(300),
+        sync_interval,
         secret: Some(test_secret()),
         ..ControllerConfig::default()
     };
@@ -291,6 +296,73 @@ async fn partition_with_writes_on_both_sides_heals_to_identical_winners() {
     );
     assert_eq!(conflicts[0].name, "shared.txt");
     assert_eq!(conflicts[0].candidates.len(), 2);
+    stop(nodes).await;
+}
+
+/// The commits one group commit makes durable leave in a few gossip messages, not one each
+/// (a signature, an envelope and a validation on every peer per message), and the peer gets
+/// every one of them by gossip: anti-entropy runs only when the peers connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_made_durable_together_are_gossiped_together() {
+    const COMMITS: usize = 64;
+    let hour = Duration::from_secs(3600);
+    let first = start_with(Vec::new(), hour).await;
+    register(&first, "gus").await;
+    let second = start_with(vec![first.p2p.clone()], hour).await;
+    let nodes = vec![first, second];
+    converge(&nodes).await;
+    // Gossip reaches the peer once its subscription is known: wait for a probe to arrive.
+    let mut probe = 0;
+    loop {
+        write(&nodes[0], "gus", &format!("probe-{probe}"), version(1, 1)).await;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && digest(&nodes[0]).await != digest(&nodes[1]).await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if digest(&nodes[0]).await == digest(&nodes[1]).await {
+            break;
+        }
+        probe += 1;
+        assert!(probe < 15, "no probe reached the peer by gossip in 30 s");
+    }
+    let sent_before = nodes[0].ctl.parts.metrics.gossip_sent.get();
+    // Hold the metadata owner so the commits queue up behind it and share one sync.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let meta = nodes[0].ctl.parts.meta.clone();
+    let busy = tokio::spawn(async move {
+        meta.call(move |_| held.recv_timeout(Duration::from_secs(20)))
+            .await
+    });
+    let writes: Vec<_> = (0..COMMITS)
+        .map(|i| {
+            let meta = nodes[0].ctl.parts.meta.clone();
+            tokio::spawn(async move {
+                meta.mutate(move |s| {
+                    let (view, c) =
+                        s.add_version("gus", &format!("f-{i}"), version(i as u8, 1), now(), None)?;
+                    Ok((view.vid, vec![c]))
+                })
+                .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    release.send(()).expect("owner waits");
+    busy.await.expect("join").expect("owner").expect("held");
+    let mut vids = Vec::new();
+    for w in writes {
+        vids.push(w.await.expect("join").expect("committed"));
+    }
+    converge(&nodes).await;
+    let sent = nodes[0].ctl.parts.metrics.gossip_sent.get() - sent_before;
+    assert!(
+        sent <= 8,
+        "{COMMITS} commits made durable together were published in {sent} gossip messages"
+    );
+    let seen = view(&nodes[1], "gus").await;
+    for vid in &vids {
+        assert!(seen.contains(vid.as_str()), "{vid} missing on the peer");
+    }
     stop(nodes).await;
 }
 

@@ -1,8 +1,9 @@
 //! Controller-to-controller replication: eager push by gossip, convergence by anti-entropy.
 //!
-//! - **Push**: every local commit is published on the cluster topic at once. A commit too large
-//!   for one gossip message is announced by its heads instead; receivers that miss those heads
-//!   pull the document from the announcer by sync. Nothing is dropped for size.
+//! - **Push**: every local commit is published on the cluster topic at once; the commits that
+//!   wait together (one group commit's) leave in as few messages as fit ([`outbox`]). A commit
+//!   too large for one gossip message is announced by its heads instead; receivers that miss
+//!   those heads pull the document from the announcer by sync. Nothing is dropped for size.
 //! - **Receive**: gossip is validated by applying it; changes that do not parse are rejected
 //!   (and not forwarded by gossipsub), the rest are accepted.
 //! - **Anti-entropy**: when a peer connects, and then on every `interval` with the next peers
@@ -16,6 +17,7 @@
 //! network through the p2p [`Handle`]. `select!` arms only produce events; `handle_*` methods
 //! do the work. Every exchange also samples the peer's wall clock for skew detection.
 
+pub mod outbox;
 pub mod rotation;
 pub mod session;
 pub mod wire;
@@ -37,8 +39,8 @@ use crate::store::Commit;
 use session::{Session, Step};
 use wire::{Gossip, PeerRequest, PeerResponse};
 
-/// Room for framing around a gossip payload.
-const GOSSIP_OVERHEAD: usize = 1024;
+/// Local commits taken off the outbox and packed together for one round of publishing.
+const MAX_PUBLISH_BATCH: usize = 1024;
 /// Gossip messages taken off the event queue and applied together (one durable write per
 /// document instead of one per message).
 const MAX_GOSSIP_BATCH: usize = 256;
@@ -112,7 +114,7 @@ impl Replication {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
-                Some(c) = commits.recv() => self.handle_commit(c).await,
+                Some(c) = commits.recv() => self.handle_commits(c, commits).await,
                 ev = events.recv() => match ev {
                     Some(ev) => self.handle_events(ev, events).await,
                     None => break,
@@ -126,28 +128,31 @@ impl Replication {
         self.sessions.abort_all();
     }
 
-    async fn handle_commit(&mut self, commit: Commit) {
-        let heads = commit.heads.iter().map(|h| h.0.to_vec()).collect();
-        let mut msg = Gossip {
-            doc: commit.doc.to_string(),
-            changes: commit.changes,
-            heads,
-        };
-        let metrics = &self.parts.metrics;
-        if msg.changes.len() + GOSSIP_OVERHEAD > self.config.max_gossip_size {
-            // Too big for gossip: announce the heads; peers pull the rest by sync.
-            msg.changes.clear();
-            metrics.gossip_announcements.inc();
-        }
-        let bytes = wire::encode(&msg);
-        let len = bytes.len();
-        match self.parts.net.publish(bytes).await {
-            Ok(_) => {
-                metrics.gossip_sent.inc();
-                metrics.gossip_bytes_sent.add(len as u64);
+    /// Publishes `first` and every commit already waiting behind it (up to a bound), packed.
+    async fn handle_commits(&mut self, first: Commit, commits: &mut mpsc::Receiver<Commit>) {
+        let mut batch = vec![first];
+        while batch.len() < MAX_PUBLISH_BATCH {
+            match commits.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
             }
-            // No peer yet, or the mesh is forming: anti-entropy delivers it.
-            Err(e) => tracing::debug!(error = %e, "gossip not published"),
+        }
+        let metrics = &self.parts.metrics;
+        let packed = outbox::pack(batch, self.config.max_gossip_size);
+        metrics
+            .gossip_announcements
+            .add(packed.announcements as u64);
+        for msg in packed.messages {
+            let bytes = wire::encode(&msg);
+            let len = bytes.len();
+            match self.parts.net.publish(bytes).await {
+                Ok(_) => {
+                    metrics.gossip_sent.inc();
+                    metrics.gossip_bytes_sent.add(len as u64);
+                }
+                // No peer yet, or the mesh is forming: anti-entropy delivers it.
+                Err(e) => tracing::debug!(error = %e, "gossip not published"),
+            }
         }
     }
 
@@ -211,7 +216,7 @@ impl Replication {
         let mut announcements = Vec::new();
         // Who sent news of each document: where to pull a missing dependency from.
         let mut senders: HashMap<DocId, PeerId> = HashMap::new();
-        for (i, ev) in batch.into_iter().enumerate() {
+        for ev in batch {
             let Event::Gossip {
                 source,
                 origin,
@@ -224,22 +229,23 @@ impl Replication {
             let from = origin.unwrap_or(source);
             metrics.gossip_received.inc();
             metrics.gossip_bytes_received.add(data.len() as u64);
+            let i = verdicts.len();
             verdicts.push((message_id, source, Validation::Accept));
-            let decoded = wire::decode::<Gossip>(&data)
-                .ok()
-                .and_then(|m| m.doc.parse::<DocId>().ok().map(|d| (d, m)));
-            match decoded {
-                None => {
+            let parts = match wire::decode::<Gossip>(&data).and_then(outbox::unpack) {
+                Ok(parts) => parts,
+                Err(e) => {
                     metrics.rejected_messages.inc();
-                    tracing::warn!(peer = %from, "malformed gossip");
+                    tracing::warn!(peer = %from, error = %e, "malformed gossip");
                     verdicts[i].2 = Validation::Reject;
+                    continue;
                 }
-                Some((doc, msg)) if msg.changes.is_empty() => {
-                    announcements.push((from, doc, msg.heads));
-                }
-                Some((doc, msg)) => {
+            };
+            for (doc, part) in parts {
+                if part.changes.is_empty() {
+                    announcements.push((from, doc, part.heads));
+                } else {
                     senders.insert(doc, from);
-                    groups.entry(doc).or_default().push((i, msg.changes));
+                    groups.entry(doc).or_default().push((i, part.changes));
                 }
             }
         }

@@ -7,7 +7,10 @@
 
 use prost::Message;
 
-/// Pushed on the cluster topic after every local commit.
+/// Pushed on the cluster topic after local commits: the changes of one document (fields 1-3,
+/// which is all a message of an older controller holds) and of further documents (`more`),
+/// so the commits one group commit made durable leave in one signed message (see
+/// [`super::outbox`]).
 #[derive(Clone, PartialEq, Message)]
 pub struct Gossip {
     #[prost(string, tag = "1")]
@@ -16,6 +19,22 @@ pub struct Gossip {
     #[prost(bytes = "vec", tag = "2")]
     pub changes: Vec<u8>,
     /// The document's heads after the change: receivers missing any of them pull by sync.
+    #[prost(bytes = "vec", repeated, tag = "3")]
+    pub heads: Vec<Vec<u8>>,
+    /// The changes of further documents (or more of the same one), in commit order.
+    #[prost(message, repeated, tag = "4")]
+    pub more: Vec<DocChanges>,
+}
+
+/// One document's part of a [`Gossip`] message: the same three fields.
+#[derive(Clone, PartialEq, Message)]
+pub struct DocChanges {
+    #[prost(string, tag = "1")]
+    pub doc: String,
+    /// Raw Automerge changes; empty for an announcement.
+    #[prost(bytes = "vec", tag = "2")]
+    pub changes: Vec<u8>,
+    /// The document's heads after the changes.
     #[prost(bytes = "vec", repeated, tag = "3")]
     pub heads: Vec<Vec<u8>>,
 }
