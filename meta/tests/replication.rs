@@ -299,32 +299,38 @@ async fn partition_with_writes_on_both_sides_heals_to_identical_winners() {
     stop(nodes).await;
 }
 
-/// The commits one group commit makes durable leave in a few gossip messages, not one each
-/// (a signature, an envelope and a validation on every peer per message), and the peer gets
-/// every one of them by gossip: anti-entropy runs only when the peers connect.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn commits_made_durable_together_are_gossiped_together() {
-    const COMMITS: usize = 64;
+/// Two controllers whose anti-entropy runs only when they connect (its period is an hour),
+/// with `user` registered and gossip flowing: whatever else arrives, arrives by gossip.
+async fn gossip_only_pair(user: &str) -> Vec<Node> {
     let hour = Duration::from_secs(3600);
     let first = start_with(Vec::new(), hour).await;
-    register(&first, "gus").await;
+    register(&first, user).await;
     let second = start_with(vec![first.p2p.clone()], hour).await;
     let nodes = vec![first, second];
     converge(&nodes).await;
     // Gossip reaches the peer once its subscription is known: wait for a probe to arrive.
     let mut probe = 0;
     loop {
-        write(&nodes[0], "gus", &format!("probe-{probe}"), version(1, 1)).await;
+        write(&nodes[0], user, &format!("probe-{probe}"), version(1, 1)).await;
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline && digest(&nodes[0]).await != digest(&nodes[1]).await {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if digest(&nodes[0]).await == digest(&nodes[1]).await {
-            break;
+            return nodes;
         }
         probe += 1;
         assert!(probe < 15, "no probe reached the peer by gossip in 30 s");
     }
+}
+
+/// The commits one group commit makes durable leave in a few gossip messages, not one each
+/// (a signature, an envelope and a validation on every peer per message), and the peer gets
+/// every one of them by gossip: anti-entropy runs only when the peers connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_made_durable_together_are_gossiped_together() {
+    const COMMITS: usize = 64;
+    let nodes = gossip_only_pair("gus").await;
     let sent_before = nodes[0].ctl.parts.metrics.gossip_sent.get();
     // Hold the metadata owner so the commits queue up behind it and share one sync.
     let (release, held) = std::sync::mpsc::channel::<()>();
@@ -368,12 +374,17 @@ async fn commits_made_durable_together_are_gossiped_together() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_larger_than_a_gossip_message_still_arrives() {
-    let nodes = cluster(2).await;
-    register(&nodes[0], "erin").await;
-    converge(&nodes).await;
+    // Anti-entropy only on connect: the peer must pull the change when it is announced.
+    let nodes = gossip_only_pair("erin").await;
+    let announced = nodes[0].ctl.parts.metrics.gossip_announcements.get();
     // 3,000 chunks of 36+ bytes each: well over the 64 KiB gossip limit.
     let vid = write(&nodes[0], "erin", "big.bin", version(9, 3_000)).await;
     converge(&nodes).await;
+    assert_eq!(
+        nodes[0].ctl.parts.metrics.gossip_announcements.get(),
+        announced + 1,
+        "the change was announced by its heads"
+    );
     let seen = view(&nodes[1], "erin").await;
     assert!(seen.contains(&vid), "{seen}");
     stop(nodes).await;

@@ -213,7 +213,9 @@ impl Replication {
         let metrics = self.parts.metrics.clone();
         let mut verdicts = Vec::with_capacity(batch.len());
         let mut groups: HashMap<DocId, Vec<(usize, Vec<u8>)>> = HashMap::new();
-        let mut announcements = Vec::new();
+        // Heads announced without changes, per document and announcer: one lookup for the
+        // whole batch, however many parts announce.
+        let mut announced: HashMap<(DocId, PeerId), Vec<Vec<u8>>> = HashMap::new();
         // Who sent news of each document: where to pull a missing dependency from.
         let mut senders: HashMap<DocId, PeerId> = HashMap::new();
         for ev in batch {
@@ -242,7 +244,7 @@ impl Replication {
             };
             for (doc, part) in parts {
                 if part.changes.is_empty() {
-                    announcements.push((from, doc, part.heads));
+                    announced.entry((doc, from)).or_default().extend(part.heads);
                 } else {
                     senders.insert(doc, from);
                     groups.entry(doc).or_default().push((i, part.changes));
@@ -300,18 +302,31 @@ impl Replication {
                 }
             }
         }
-        for (from, doc, heads) in announcements {
-            // An announcement: pull the document if we miss any of its heads.
+        if !announced.is_empty() {
+            // An announcement: pull the document from its announcer if we miss any of its heads.
             let missing = self
                 .parts
                 .meta
                 .call(move |s| {
-                    let ours = s.heads(doc).unwrap_or_default();
-                    heads.iter().any(|h| !ours.iter().any(|o| o.0[..] == h[..]))
+                    announced
+                        .into_iter()
+                        .filter(|((doc, _), heads)| {
+                            let ours: HashSet<[u8; 32]> = s
+                                .heads(*doc)
+                                .unwrap_or_default()
+                                .iter()
+                                .map(|h| h.0)
+                                .collect();
+                            heads.iter().any(|h| {
+                                <[u8; 32]>::try_from(&h[..]).map_or(true, |h| !ours.contains(&h))
+                            })
+                        })
+                        .map(|(key, _)| key)
+                        .collect::<Vec<_>>()
                 })
                 .await
-                .unwrap_or(false);
-            if missing {
+                .unwrap_or_default();
+            for (doc, from) in missing {
                 self.start_session(from, Some(doc));
             }
         }
