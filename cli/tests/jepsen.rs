@@ -730,8 +730,11 @@ impl Run {
             // The trash may expire while the check runs, and a purge reaches the hosts one by
             // one: histories that differ are read again, a bounded number of times.
             let mut histories: Vec<Value> = Vec::new();
+            // When the history used below was read: a purge it shows happened before this.
+            let mut read_at = checked_at;
             for attempt in 1..=HISTORY_READS {
                 histories = readers.iter().map(|c| history_of(c, name)).collect();
+                read_at = Instant::now();
                 if histories.iter().all(|h| h == &histories[0]) || attempt == HISTORY_READS {
                     break;
                 }
@@ -752,17 +755,38 @@ impl Run {
                 .collect();
             let recs: Vec<&Record> = idx.iter().map(|&i| &self.history.records[i]).collect();
 
-            // A delete that has been in the trash for the whole retention (by real time: no
-            // controller can know it longer) may have been purged, with every version before
-            // it.
-            let purged_by_at = |after: Instant, at: Instant| {
+            // A delete that has been in the trash for the whole retention by `at` (by real
+            // time: no controller can know it longer) may have been purged, with every version
+            // before it. A delete may follow a write that started at `written` unless it was
+            // acknowledged before: one still in flight can reach the controllers after the
+            // write, whatever the order in which the clients saw their answers.
+            let purged_by_at = |written: Instant, at: Instant| {
                 recs.iter().any(|d| {
                     d.effect == Effect::Delete
-                        && d.started > after
-                        && at.duration_since(d.started) >= TRASH_RETENTION
+                        && d.acked.is_none_or(|a| a > written)
+                        && at.saturating_duration_since(d.started) >= TRASH_RETENTION
                 })
             };
-            let purged_by = |after: Instant| purged_by_at(after, checked_at);
+            // Trash age counts to when this file's history was read, not to when the check
+            // began: the files before it take seconds to check, and a purge in that time is
+            // legitimate (it made seed 47 fail once).
+            let purged_by = |written: Instant| purged_by_at(written, read_at);
+            let deletes = || {
+                recs.iter()
+                    .filter(|d| d.effect == Effect::Delete)
+                    .map(|d| {
+                        format!(
+                            "delete by client {} started {:?} before the read, {}",
+                            d.client,
+                            read_at.saturating_duration_since(d.started),
+                            d.acked.map_or("not acknowledged".to_owned(), |a| format!(
+                                "acknowledged {:?} after it started",
+                                a.saturating_duration_since(d.started)
+                            ))
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            };
             // Nothing acknowledged is lost (but to an expired trash).
             for r in recs.iter().filter(|r| r.acked.is_some()) {
                 if let Effect::Put {
@@ -774,10 +798,13 @@ impl Run {
                 {
                     let Some(v) = history.get(version) else {
                         assert!(
-                            purged_by(r.acked.unwrap_or(r.started)),
-                            "{user}/{name}: acknowledged {version} missing, and no delete after \
-                             it has been in the trash for {TRASH_RETENTION:?}: {}",
-                            histories[0]
+                            purged_by(r.started),
+                            "{user}/{name}: acknowledged {version} missing, and no delete that \
+                             may follow it has been in the trash for {TRASH_RETENTION:?}: {} \
+                             (put started {:?} before the read; {:#?})",
+                            histories[0],
+                            read_at.saturating_duration_since(r.started),
+                            deletes()
                         );
                         purged += 1;
                         continue;
@@ -794,7 +821,7 @@ impl Run {
             let tombstones = history.values().filter(|v| v["deleted"] == true).count();
             let first = recs.iter().map(|r| r.started).min().unwrap_or(checked_at);
             assert!(
-                tombstones >= deletes_acked.min(1) || purged_by(first - Duration::from_millis(1)),
+                tombstones >= deletes_acked.min(1) || purged_by(first),
                 "{user}/{name}: {deletes_acked} acknowledged deletes, no tombstone: {}",
                 histories[0]
             );
@@ -898,13 +925,11 @@ impl Run {
                 if v["deleted"] == true {
                     continue;
                 }
-                // The earliest a delete could have purged this version: after it was written.
+                // Deletes that could have purged this version: those that may follow its write.
                 let written = recs
                     .iter()
                     .find(|r| matches!(&r.effect, Effect::Put { version: v, .. } if v == version))
-                    .map_or(first - Duration::from_millis(1), |r| {
-                        r.acked.unwrap_or(r.started)
-                    });
+                    .map_or(first, |r| r.started);
                 for c in &readers {
                     let bytes = match c.try_download_version(name, version) {
                         Ok(bytes) => bytes,
