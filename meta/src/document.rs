@@ -166,12 +166,17 @@ impl Document {
                 }
                 None => Automerge::new(),
             };
+            // One `apply_changes` for all increments: each call costs time in proportion to
+            // the document, so applying the up to `compact_after_increments` increments a
+            // crash leaves one by one took 20 s at 100k files instead of a fraction of one.
+            let mut changes = Vec::new();
             for (i, inc) in stored.increments.iter().enumerate() {
-                let changes =
-                    parse_changes(inc).map_err(|e| corrupt(format!("increment {i}: {e}")))?;
-                am.apply_changes(changes)
-                    .map_err(|e| corrupt(format!("increment {i}: {e}")))?;
+                changes.extend(
+                    parse_changes(inc).map_err(|e| corrupt(format!("increment {i}: {e}")))?,
+                );
             }
+            am.apply_changes(changes)
+                .map_err(|e| corrupt(format!("increments: {e}")))?;
             if !am.get_missing_deps(&[]).is_empty() {
                 return Err(corrupt("changes with missing dependencies".into()));
             }
