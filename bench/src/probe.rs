@@ -86,8 +86,17 @@ impl<S: DocStorage> DocStorage for ProbeStorage<S> {
         self.inner.unsynced()
     }
 
-    fn compact(&mut self, doc: &str, snapshot: &[u8]) -> Result<(), StorageError> {
-        self.inner.compact(doc, snapshot)
+    fn increment_mark(&mut self, doc: &str) -> Result<u64, StorageError> {
+        self.inner.increment_mark(doc)
+    }
+
+    fn compact_through(
+        &mut self,
+        doc: &str,
+        snapshot: &[u8],
+        mark: u64,
+    ) -> Result<(), StorageError> {
+        self.inner.compact_through(doc, snapshot, mark)
     }
 
     fn get_meta(&mut self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {

@@ -111,6 +111,24 @@ pub async fn run(report: &mut Report, profile: Profile) -> Result<()> {
             r.fill_rate,
             "files/s",
         );
+        report.figure(
+            BENCH,
+            &case,
+            "longest metadata call while filling",
+            ms(r.longest_add),
+            "ms",
+            Some(Target::AtMost(50.0)),
+            "the slowest add_version, compactions included: a list or status waits behind it",
+        );
+        report.figure(
+            BENCH,
+            &case,
+            "load rate after a crash",
+            (files + 1) as f64 / r.crash_load.as_secs_f64(),
+            "files/s",
+            Some(Target::AtLeast(100_000.0)),
+            "MetaStore::open of the uncompacted store (snapshots plus increments), in process",
+        );
         report.info(
             BENCH,
             &case,
@@ -260,6 +278,12 @@ pub async fn run(report: &mut Report, profile: Profile) -> Result<()> {
 
 struct Scale {
     fill_rate: f64,
+    /// The slowest `add_version` of the fill, with its share of compactions (a clone of the
+    /// document, or all of a save when compacting inline): any call queued behind it on the
+    /// metadata thread waits as long.
+    longest_add: Duration,
+    /// `MetaStore::open` of the store as a crash leaves it (not compacted).
+    crash_load: Duration,
     saved_bytes: usize,
     save: (std::time::Duration, std::time::Duration),
     /// Times of the `list` calls, fastest first.
@@ -281,14 +305,19 @@ fn one(files: usize) -> Result<Scale> {
         Box::new(MemStorage::new()),
         redcloud_meta::Config::new(node.clone()),
     )?;
+    // As on a controller's metadata thread: documents are saved on a worker.
+    store.compact_in_background();
     let start = Instant::now();
     let now = redcloud_meta::clock::system_ms();
+    let mut longest_add = Duration::ZERO;
     for i in 0..files {
         let mut v = version((i % 251) as u8, 2);
         if i % RARE_EVERY == 0 {
             v.tags.push(RARE.into());
         }
+        let call = Instant::now();
         store.add_version(USER, &format!("file-{i:07}"), v, now, None)?;
+        longest_add = longest_add.max(call.elapsed());
     }
     let fill_rate = files as f64 / start.elapsed().as_secs_f64();
     // What `status` reads from the metadata: live files and conflicts.
@@ -320,6 +349,15 @@ fn one(files: usize) -> Result<Scale> {
     store.list(USER, &[RARE.to_owned()])?;
     let list_after_write = start.elapsed();
     let status_after_write = status_counts(&store)?;
+    // What a crash leaves: the documents' last snapshots plus the increments since (up to
+    // `compact_after_increments` per document); a clean shutdown compacts instead.
+    let uncompacted = store.into_storage();
+    let start = Instant::now();
+    let mut store = MetaStore::open(uncompacted, redcloud_meta::Config::new(node.clone()))?;
+    let crash_load = start.elapsed();
+    if store.file_count()? != files + 1 {
+        bail!("the store reopened after a crash lost files");
+    }
     let docs = store.docs();
     let start = Instant::now();
     store.compact_all()?;
@@ -367,6 +405,8 @@ fn one(files: usize) -> Result<Scale> {
     }
     Ok(Scale {
         fill_rate,
+        longest_add,
+        crash_load,
         saved_bytes,
         save: (automerge_save, rocks_write),
         list,

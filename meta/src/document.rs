@@ -142,6 +142,9 @@ pub(crate) struct Document {
     pub persisted_heads: Vec<ChangeHash>,
     pub increments: usize,
     pub increment_bytes: usize,
+    /// Compactions made of this document since it was opened: a background snapshot taken
+    /// before the last of them is stale ([`crate::compactor`]).
+    pub compactions: u64,
 }
 
 impl Document {
@@ -201,6 +204,7 @@ impl Document {
                 persisted_heads,
                 increments,
                 increment_bytes,
+                compactions: 0,
             },
             fresh,
         ))

@@ -77,6 +77,7 @@ impl MetaHandle {
             .spawn(move || {
                 let mut store = store;
                 store.defer_sync(true);
+                store.compact_in_background();
                 let mut commits = Vec::new();
                 let mut batch = Vec::with_capacity(GROUP_MAX);
                 let mut waiting: Vec<Reply> = Vec::with_capacity(GROUP_MAX);
@@ -255,9 +256,12 @@ mod tests {
             self.wrote();
             self.inner.append(d, i, m)
         }
-        fn compact(&mut self, doc: &str, snapshot: &[u8]) -> Result<(), StorageError> {
+        fn increment_mark(&mut self, doc: &str) -> Result<u64, StorageError> {
+            self.inner.increment_mark(doc)
+        }
+        fn compact_through(&mut self, d: &str, s: &[u8], mark: u64) -> Result<(), StorageError> {
             self.wrote();
-            self.inner.compact(doc, snapshot)
+            self.inner.compact_through(d, s, mark)
         }
         fn get_meta(&mut self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
             self.inner.get_meta(key)

@@ -15,7 +15,9 @@
 //! Around the core, the running controller ([`node`]), made of parts that each own their
 //! state ([`service::Components`]):
 //! - [`handle`]: one thread owns the store; everything else sends it jobs through a
-//!   [`handle::MetaHandle`], and every commit a job makes goes to replication.
+//!   [`handle::MetaHandle`], and every commit a job makes goes to replication. Its documents
+//!   are saved (compacted) on a worker thread from a clone (`compactor`), so a large save
+//!   never stalls the jobs queued behind it.
 //! - [`replication`]: gossip push of each commit and per-peer anti-entropy over the p2p crate;
 //!   the anti-entropy protocol itself is IO-free ([`replication::session`]). [`peers`] holds
 //!   who is connected and in sync.
@@ -35,6 +37,7 @@ pub mod chunk_client;
 pub mod clock;
 pub mod cluster;
 pub mod collector;
+mod compactor;
 pub mod derived;
 pub mod directory;
 pub mod document;

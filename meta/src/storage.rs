@@ -43,8 +43,22 @@ pub trait DocStorage: Send {
         increment: &[u8],
         meta: &[(&str, &[u8])],
     ) -> Result<(), StorageError>;
+    /// The number the next increment of `doc` gets. Numbers only grow while the storage is
+    /// open, compactions included (a reopened storage may start again from its last increment).
+    fn increment_mark(&mut self, doc: &str) -> Result<u64, StorageError>;
+    /// Replace `doc`'s snapshot and delete its increments numbered below `mark` (those the
+    /// snapshot covers), atomically and durably. Later increments stay.
+    fn compact_through(
+        &mut self,
+        doc: &str,
+        snapshot: &[u8],
+        mark: u64,
+    ) -> Result<(), StorageError>;
     /// Replace `doc`'s snapshot and delete all its increments, atomically and durably.
-    fn compact(&mut self, doc: &str, snapshot: &[u8]) -> Result<(), StorageError>;
+    fn compact(&mut self, doc: &str, snapshot: &[u8]) -> Result<(), StorageError> {
+        let mark = self.increment_mark(doc)?;
+        self.compact_through(doc, snapshot, mark)
+    }
     fn get_meta(&mut self, key: &str) -> Result<Option<Vec<u8>>, StorageError>;
     fn put_meta(&mut self, key: &str, value: &[u8]) -> Result<(), StorageError>;
     /// With `true`, writes are durable only after the next [`DocStorage::sync`] (group
@@ -65,6 +79,8 @@ pub trait DocStorage: Send {
 #[derive(Clone, Debug, Default)]
 pub struct MemStorage {
     docs: BTreeMap<String, StoredDoc>,
+    /// The number of each document's first stored increment.
+    first_seq: BTreeMap<String, u64>,
     meta: BTreeMap<String, Vec<u8>>,
 }
 
@@ -93,14 +109,27 @@ impl DocStorage for MemStorage {
         Ok(())
     }
 
-    fn compact(&mut self, doc: &str, snapshot: &[u8]) -> Result<(), StorageError> {
-        self.docs.insert(
-            doc.to_owned(),
-            StoredDoc {
-                snapshot: Some(snapshot.to_vec()),
-                increments: Vec::new(),
-            },
-        );
+    fn increment_mark(&mut self, doc: &str) -> Result<u64, StorageError> {
+        let first = self.first_seq.get(doc).copied().unwrap_or(0);
+        let stored = self.docs.get(doc).map_or(0, |d| d.increments.len());
+        Ok(first + stored as u64)
+    }
+
+    fn compact_through(
+        &mut self,
+        doc: &str,
+        snapshot: &[u8],
+        mark: u64,
+    ) -> Result<(), StorageError> {
+        let first = self.first_seq.get(doc).copied().unwrap_or(0);
+        let entry = self.docs.entry(doc.to_owned()).or_default();
+        let covered = usize::try_from(mark.saturating_sub(first))
+            .unwrap_or(usize::MAX)
+            .min(entry.increments.len());
+        entry.increments.drain(..covered);
+        entry.snapshot = Some(snapshot.to_vec());
+        self.first_seq
+            .insert(doc.to_owned(), first + covered as u64);
         Ok(())
     }
 
@@ -241,10 +270,27 @@ impl DocStorage for RocksStorage {
         Ok(())
     }
 
-    fn compact(&mut self, doc: &str, snapshot: &[u8]) -> Result<(), StorageError> {
+    fn increment_mark(&mut self, doc: &str) -> Result<u64, StorageError> {
+        self.next_seq(doc)
+    }
+
+    fn compact_through(
+        &mut self,
+        doc: &str,
+        snapshot: &[u8],
+        mark: u64,
+    ) -> Result<(), StorageError> {
+        let prefix = increment_prefix(doc);
         let mut batch = rocksdb::WriteBatch::default();
         batch.put(snapshot_key(doc), snapshot);
-        for (k, _) in self.increments(doc)? {
+        // Keys end in the big-endian number, so the covered ones come first.
+        let end = [prefix.as_slice(), &mark.to_be_bytes()].concat();
+        let mode = rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward);
+        for item in self.db.iterator(mode) {
+            let (k, _) = item.map_err(rocks)?;
+            if !k.starts_with(&prefix) || *k >= *end {
+                break;
+            }
             batch.delete(k);
         }
         self.write(batch)
@@ -322,6 +368,25 @@ pub(crate) fn conformance(
         s.load("files/0").unwrap().increments,
         vec![b"three".to_vec(), b"four".to_vec()]
     );
+
+    // A snapshot taken at a mark covers the increments before it, not those after.
+    let mark = s.increment_mark("files/0").unwrap();
+    s.append("files/0", b"five", &[]).unwrap();
+    assert_eq!(s.increment_mark("files/0").unwrap(), mark + 1);
+    s.compact_through("files/0", b"snap at four", mark).unwrap();
+    let mut s = reopen(s);
+    let d = s.load("files/0").unwrap();
+    assert_eq!(d.snapshot, Some(b"snap at four".to_vec()));
+    assert_eq!(d.increments, vec![b"five".to_vec()]);
+    // A mark taken before a full compaction covers nothing new after it.
+    let before = s.increment_mark("files/0").unwrap();
+    s.compact("files/0", b"snap at five").unwrap();
+    s.append("files/0", b"six", &[]).unwrap();
+    assert!(s.increment_mark("files/0").unwrap() > before);
+    s.compact_through("files/0", b"snap at five again", before)
+        .unwrap();
+    let mut s = reopen(s);
+    assert_eq!(s.load("files/0").unwrap().increments, vec![b"six".to_vec()]);
 }
 
 #[cfg(test)]

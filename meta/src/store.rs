@@ -8,11 +8,17 @@ use std::collections::HashMap;
 
 use automerge::ChangeHash;
 
+use crate::compactor::{Compactor, Cover, Request, Saved};
 use crate::document::{DocId, Document};
 use crate::error::MetaError;
 use crate::hlc::{Clock, DEFAULT_MAX_AHEAD_MS, Timestamp};
 use crate::names::NodeId;
 use crate::storage::DocStorage;
+
+/// A document is compacted inline, even with a background compactor, once its increments grow
+/// past this many times the limits (the worker is busy or stuck): storage and load time stay
+/// bounded.
+const INLINE_COMPACTION_FACTOR: usize = 4;
 
 /// Default number of `files/<k>` documents for a new cluster.
 pub const DEFAULT_SHARDS: u32 = 16;
@@ -139,6 +145,8 @@ pub struct MetaStore {
     pub(crate) tombstones_seen: HashMap<String, u64>,
     /// Tag index and file counts, per document, recomputed for a document when it changed.
     pub(crate) derived: crate::derived::Derived,
+    /// Saves documents off this thread, when enabled ([`MetaStore::compact_in_background`]).
+    compactor: Option<Compactor>,
 }
 
 impl std::fmt::Debug for MetaStore {
@@ -230,6 +238,7 @@ impl MetaStore {
             created,
             tombstones_seen: HashMap::new(),
             derived: Default::default(),
+            compactor: None,
         };
         // Built here, off the request path: `list TAG` and `status` read it from the start.
         for id in store.file_docs() {
@@ -326,6 +335,7 @@ impl MetaStore {
     /// replicated, so this is also where the derived state ([`crate::derived`]) follows the
     /// documents: the same bytes tell it which files and tags changed.
     pub(crate) fn persist(&mut self, id: DocId) -> Result<Option<Commit>, MetaError> {
+        self.install_compaction();
         let high_water = self.clock.high_water().0.to_be_bytes();
         let slot = self.slot(id)?;
         let doc = &self.docs[slot];
@@ -346,9 +356,12 @@ impl MetaStore {
         doc.increment_bytes += bytes.len();
         let heads = doc.persisted_heads.clone();
         let limits = self.config.limits;
-        if doc.increments >= limits.compact_after_increments
-            || doc.increment_bytes >= limits.compact_after_bytes
-        {
+        let over = |factor: usize| {
+            doc.increments >= limits.compact_after_increments.saturating_mul(factor)
+                || doc.increment_bytes >= limits.compact_after_bytes.saturating_mul(factor)
+        };
+        let (due, overdue) = (over(1), over(INLINE_COMPACTION_FACTOR));
+        if due && !self.compact_later(id, overdue) {
             // The commit is already durable; a failed compaction only delays the next one.
             if let Err(e) = self.compact(id) {
                 tracing::warn!(doc = %id, error = %e, "compaction failed");
@@ -361,8 +374,8 @@ impl MetaStore {
         }))
     }
 
-    /// Replace `id`'s stored increments by one snapshot. Runs inline when the thresholds trip;
-    /// the service may also call it from a background worker.
+    /// Replace `id`'s stored increments by one snapshot, on this thread. Runs when the
+    /// thresholds trip and no background compactor takes the document, and at shutdown.
     pub fn compact(&mut self, id: DocId) -> Result<(), MetaError> {
         let slot = self.slot(id)?;
         let doc = &mut self.docs[slot];
@@ -371,7 +384,123 @@ impl MetaStore {
         doc.persisted_heads = doc.am.get_heads();
         doc.increments = 0;
         doc.increment_bytes = 0;
+        doc.compactions += 1;
         Ok(())
+    }
+
+    /// From now on, documents are saved on a worker thread ([`crate::compactor`]) instead of
+    /// on the thread that owns this store, which only clones them. The owner thread of a
+    /// controller turns it on; a store without it compacts inline.
+    pub fn compact_in_background(&mut self) {
+        if self.compactor.is_some() {
+            return;
+        }
+        match Compactor::spawn() {
+            Ok(c) => self.compactor = Some(c),
+            Err(e) => tracing::warn!(error = %e, "no compaction thread; compacting inline"),
+        }
+    }
+
+    /// Hands document `id` to the background compactor. `false`: compact it inline now (no
+    /// compactor, or it is busy and the document is over the hard limit).
+    fn compact_later(&mut self, id: DocId, over_hard_limit: bool) -> bool {
+        let Some(compactor) = self.compactor.as_ref() else {
+            return false;
+        };
+        if compactor.busy().is_some() {
+            // An inline compaction of the document out makes its snapshot stale.
+            return !over_hard_limit;
+        }
+        let Ok(slot) = self.slot(id) else {
+            return false;
+        };
+        let mark = match self.storage.increment_mark(&id.to_string()) {
+            Ok(mark) => mark,
+            Err(e) => {
+                tracing::warn!(doc = %id, error = %e, "reading the increment mark failed");
+                return false;
+            }
+        };
+        let doc = &self.docs[slot];
+        let request = Request {
+            id,
+            doc: doc.am.clone(),
+            cover: Cover {
+                mark,
+                increments: doc.increments,
+                increment_bytes: doc.increment_bytes,
+                generation: doc.compactions,
+            },
+        };
+        let Some(compactor) = self.compactor.as_mut() else {
+            return false;
+        };
+        match compactor.submit(request) {
+            Ok(submitted) => submitted || !over_hard_limit,
+            Err(_) => {
+                tracing::warn!("the compaction thread is gone; compacting inline");
+                self.compactor = None;
+                false
+            }
+        }
+    }
+
+    /// Installs the background compactor's snapshot, if one is ready.
+    fn install_compaction(&mut self) {
+        let Some(compactor) = self.compactor.as_mut() else {
+            return;
+        };
+        match compactor.poll() {
+            Ok(Some(saved)) => {
+                self.install(saved);
+            }
+            Ok(None) => {}
+            Err(_) => {
+                tracing::warn!("the compaction thread is gone; compacting inline");
+                self.compactor = None;
+            }
+        }
+    }
+
+    /// Waits up to `limit` for the background compaction in progress and installs it.
+    /// Answers whether a snapshot was installed.
+    pub fn finish_background_compaction(&mut self, limit: std::time::Duration) -> bool {
+        let Some(compactor) = self.compactor.as_mut() else {
+            return false;
+        };
+        match compactor.wait(limit) {
+            Ok(Some(saved)) => self.install(saved),
+            Ok(None) => false,
+            Err(_) => {
+                self.compactor = None;
+                false
+            }
+        }
+    }
+
+    /// Writes a background snapshot, dropping the increments it covers, unless an inline
+    /// compaction made it stale. Answers whether it was written.
+    fn install(&mut self, saved: Saved) -> bool {
+        let Ok(slot) = self.slot(saved.id) else {
+            return false;
+        };
+        let cover = saved.cover;
+        if self.docs[slot].compactions != cover.generation {
+            return false;
+        }
+        let name = saved.id.to_string();
+        if let Err(e) = self
+            .storage
+            .compact_through(&name, &saved.snapshot, cover.mark)
+        {
+            tracing::warn!(doc = %name, error = %e, "writing a background snapshot failed");
+            return false;
+        }
+        let doc = &mut self.docs[slot];
+        doc.increments = doc.increments.saturating_sub(cover.increments);
+        doc.increment_bytes = doc.increment_bytes.saturating_sub(cover.increment_bytes);
+        doc.compactions += 1;
+        true
     }
 
     /// Compact every document.
@@ -438,5 +567,112 @@ impl MetaStore {
             reason: "a commit produced no change".into(),
         })?;
         Ok((r, commit))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::files::NewVersion;
+    use crate::storage::RocksStorage;
+
+    const T0: u64 = 1_700_000_000_000;
+    const LIMIT: usize = 10;
+
+    fn config() -> Config {
+        let mut c = Config::new(NodeId::new("node-c").unwrap());
+        c.shards = 1;
+        c.limits.compact_after_increments = LIMIT;
+        c
+    }
+
+    fn add(s: &mut MetaStore, i: u64) {
+        let v = NewVersion {
+            size: 1,
+            blake3: *blake3::hash(&i.to_le_bytes()).as_bytes(),
+            chunks: vec![(*blake3::hash(&i.to_be_bytes()).as_bytes(), 1)],
+            tags: vec!["t".into()],
+        };
+        s.add_version("alice", &format!("f{i}"), v, T0 + i, None)
+            .unwrap();
+    }
+
+    /// Fills the one file document until it is due, with the snapshot of the first `LIMIT`
+    /// files out at the worker; then writes `more` files while the worker's result is held
+    /// back (no compaction at all meanwhile).
+    fn snapshot_out_then_write(dir: &std::path::Path, more: u64) -> (MetaStore, Compactor) {
+        let mut s = MetaStore::open(Box::new(RocksStorage::open(dir).unwrap()), config()).unwrap();
+        s.compact_in_background();
+        for i in 0..LIMIT as u64 {
+            add(&mut s, i);
+        }
+        let compactor = s.compactor.take().unwrap();
+        assert_eq!(
+            compactor.busy(),
+            Some(DocId::Files(0)),
+            "the due document went out"
+        );
+        s.config.limits.compact_after_increments = usize::MAX;
+        for i in LIMIT as u64..LIMIT as u64 + more {
+            add(&mut s, i);
+        }
+        s.config.limits.compact_after_increments = LIMIT;
+        (s, compactor)
+    }
+
+    fn reopened_files(s: MetaStore) -> (usize, usize) {
+        let mut storage = s.into_storage();
+        let increments = storage.load("files/0").unwrap().increments.len();
+        let s = MetaStore::open(storage, config()).unwrap();
+        (s.file_count().unwrap(), increments)
+    }
+
+    #[test]
+    fn a_background_snapshot_keeps_the_increments_written_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, compactor) = snapshot_out_then_write(dir.path(), 5);
+        s.compactor = Some(compactor);
+        assert!(s.finish_background_compaction(Duration::from_secs(30)));
+        let (files, increments) = reopened_files(s);
+        assert_eq!(files, LIMIT + 5, "every file survives the reopen");
+        assert_eq!(
+            increments, 5,
+            "only the increments the snapshot covers were dropped"
+        );
+    }
+
+    #[test]
+    fn a_background_snapshot_older_than_an_inline_compaction_is_not_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, compactor) = snapshot_out_then_write(dir.path(), 5);
+        s.compact_all().unwrap();
+        add(&mut s, 100);
+        s.compactor = Some(compactor);
+        assert!(!s.finish_background_compaction(Duration::from_secs(30)));
+        let (files, increments) = reopened_files(s);
+        assert_eq!(files, LIMIT + 6, "the stale snapshot lost nothing");
+        assert_eq!(increments, 1);
+    }
+
+    #[test]
+    fn background_compaction_under_steady_writes_loses_nothing_and_bounds_increments() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s =
+            MetaStore::open(Box::new(RocksStorage::open(dir.path()).unwrap()), config()).unwrap();
+        s.compact_in_background();
+        let files = 50 * LIMIT as u64;
+        for i in 0..files {
+            add(&mut s, i);
+        }
+        s.finish_background_compaction(Duration::from_secs(30));
+        assert!(s.docs[1].compactions > 0, "the worker compacted");
+        let (found, increments) = reopened_files(s);
+        assert_eq!(found, files as usize);
+        assert!(
+            increments < LIMIT * INLINE_COMPACTION_FACTOR,
+            "{increments} increments left"
+        );
     }
 }
