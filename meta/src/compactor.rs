@@ -124,7 +124,8 @@ impl Compactor {
         }
     }
 
-    /// Waits up to `limit` for the snapshot in progress (tests and shutdown use it).
+    /// Waits up to `limit` for the snapshot in progress.
+    #[cfg(test)]
     pub fn wait(&mut self, limit: std::time::Duration) -> Result<Option<Saved>, Gone> {
         if self.busy.is_none() {
             return self.poll();

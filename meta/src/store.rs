@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use automerge::ChangeHash;
 
-use crate::compactor::{Compactor, Cover, Request, Saved};
+use crate::compactor::{Compactor, Cover, Gone, Request, Saved};
 use crate::document::{DocId, Document};
 use crate::error::MetaError;
 use crate::hlc::{Clock, DEFAULT_MAX_AHEAD_MS, Timestamp};
@@ -437,12 +437,17 @@ impl MetaStore {
         };
         match compactor.submit(request) {
             Ok(submitted) => submitted || !over_hard_limit,
-            Err(_) => {
-                tracing::warn!("the compaction thread is gone; compacting inline");
-                self.compactor = None;
+            Err(Gone) => {
+                self.compactor_gone();
                 false
             }
         }
+    }
+
+    /// The worker died (it could not save, or panicked): compact inline from now on.
+    fn compactor_gone(&mut self) {
+        tracing::warn!("the compaction thread is gone; compacting inline");
+        self.compactor = None;
     }
 
     /// Installs the background compactor's snapshot, if one is ready.
@@ -455,24 +460,22 @@ impl MetaStore {
                 self.install(saved);
             }
             Ok(None) => {}
-            Err(_) => {
-                tracing::warn!("the compaction thread is gone; compacting inline");
-                self.compactor = None;
-            }
+            Err(Gone) => self.compactor_gone(),
         }
     }
 
     /// Waits up to `limit` for the background compaction in progress and installs it.
     /// Answers whether a snapshot was installed.
-    pub fn finish_background_compaction(&mut self, limit: std::time::Duration) -> bool {
+    #[cfg(test)]
+    fn finish_background_compaction(&mut self, limit: std::time::Duration) -> bool {
         let Some(compactor) = self.compactor.as_mut() else {
             return false;
         };
         match compactor.wait(limit) {
             Ok(Some(saved)) => self.install(saved),
             Ok(None) => false,
-            Err(_) => {
-                self.compactor = None;
+            Err(Gone) => {
+                self.compactor_gone();
                 false
             }
         }
@@ -667,7 +670,7 @@ mod tests {
             add(&mut s, i);
         }
         s.finish_background_compaction(Duration::from_secs(30));
-        assert!(s.docs[1].compactions > 0, "the worker compacted");
+        assert!(s.docs[1].compactions > 0, "the document was compacted");
         let (found, increments) = reopened_files(s);
         assert_eq!(found, files as usize);
         assert!(

@@ -311,15 +311,7 @@ impl Replication {
                     announced
                         .into_iter()
                         .filter(|((doc, _), heads)| {
-                            let ours: HashSet<[u8; 32]> = s
-                                .heads(*doc)
-                                .unwrap_or_default()
-                                .iter()
-                                .map(|h| h.0)
-                                .collect();
-                            heads.iter().any(|h| {
-                                <[u8; 32]>::try_from(&h[..]).map_or(true, |h| !ours.contains(&h))
-                            })
+                            outbox::lacks_any(&s.heads(*doc).unwrap_or_default(), heads)
                         })
                         .map(|(key, _)| key)
                         .collect::<Vec<_>>()

@@ -11,6 +11,8 @@
 //!
 //! Pure functions: the replication task does the IO.
 
+use automerge::ChangeHash;
+
 use super::wire::{DocChanges, Gossip};
 use crate::document::DocId;
 use crate::store::Commit;
@@ -41,8 +43,10 @@ pub fn pack(commits: impl IntoIterator<Item = Commit>, limit: usize) -> Packed {
             changes: commit.changes,
             heads: commit.heads.iter().map(|h| h.0.to_vec()).collect(),
         };
-        if part_size(&part.doc, part.changes.len(), &part.heads) > limit {
+        let mut cost = part_size(&part.doc, part.changes.len(), &part.heads);
+        if cost > limit {
             part.changes = Vec::new();
+            cost = part_size(&part.doc, 0, &part.heads);
             packed.announcements += 1;
         }
         // The same document's last part of this message takes the changes, if they still
@@ -67,7 +71,6 @@ pub fn pack(commits: impl IntoIterator<Item = Commit>, limit: usize) -> Packed {
                 continue;
             }
         }
-        let cost = part_size(&part.doc, part.changes.len(), &part.heads);
         if !parts.is_empty() && (size + cost > limit || parts.len() == MAX_PARTS) {
             packed.messages.push(message(std::mem::take(&mut parts)));
             size = 0;
@@ -109,6 +112,14 @@ pub fn unpack(msg: Gossip) -> Result<Vec<(DocId, DocChanges)>, String> {
         .collect()
 }
 
+/// Whether `announced` names a head that is not among `ours` (a malformed one counts as
+/// missing): the receiver then pulls the document by sync.
+pub fn lacks_any(ours: &[ChangeHash], announced: &[Vec<u8>]) -> bool {
+    announced
+        .iter()
+        .any(|h| !ours.iter().any(|o| o.0[..] == h[..]))
+}
+
 /// A message of `parts`: the first in the fields every controller reads, the rest in `more`.
 fn message(parts: Vec<DocChanges>) -> Gossip {
     let mut parts = parts.into_iter();
@@ -132,7 +143,6 @@ fn part_size(doc: &str, changes: usize, heads: &[Vec<u8>]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use automerge::ChangeHash;
     use proptest::prelude::*;
     use prost::Message;
 
@@ -186,6 +196,19 @@ mod tests {
             .expect("announced");
         assert!(big.1.changes.is_empty());
         assert_eq!(big.1.heads, vec![vec![2u8; 32]]);
+    }
+
+    #[test]
+    fn an_announcement_is_pulled_only_for_heads_we_lack() {
+        let ours = [ChangeHash([1; 32]), ChangeHash([2; 32])];
+        assert!(!lacks_any(&ours, &[vec![2; 32]]));
+        assert!(!lacks_any(&ours, &[]));
+        assert!(lacks_any(&ours, &[vec![1; 32], vec![3; 32]]));
+        assert!(
+            lacks_any(&ours, &[vec![1; 31]]),
+            "a malformed head counts as missing"
+        );
+        assert!(lacks_any(&[], &[vec![1; 32]]));
     }
 
     #[test]
