@@ -15,6 +15,7 @@ use redcloud_proto::chunk::{
     DeleteChunkRequest, DeleteChunkResponse, HasChunksRequest, HasChunksResponse, InfoRequest,
     InfoResponse, ListChunksRequest, ListChunksResponse, ReadChunkRequest, ReadChunkResponse,
     ReplicateChunkRequest, ReplicateChunkResponse, WriteChunkRequest, WriteChunkResponse,
+    WriteChunksRequest, WriteChunksResponse,
 };
 use redcloud_proto::{FRAME_SIZE, MAX_MESSAGE_SIZE};
 use tokio::net::TcpListener;
@@ -76,6 +77,13 @@ impl ChunkService for Echo {
             })
         }));
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn write_chunks(
+        &self,
+        _request: Request<WriteChunksRequest>,
+    ) -> Result<Response<WriteChunksResponse>, Status> {
+        Err(Status::unimplemented("echo"))
     }
 
     async fn has_chunks(

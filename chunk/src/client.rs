@@ -7,7 +7,9 @@
 use bytes::{Bytes, BytesMut};
 use redcloud_proto::chunk::chunk_service_client::ChunkServiceClient;
 use redcloud_proto::chunk::write_chunk_request::Msg;
-use redcloud_proto::chunk::{ReadChunkRequest, WriteChunkRequest, WriteHeader};
+use redcloud_proto::chunk::{
+    ChunkWrite, ReadChunkRequest, WriteChunkRequest, WriteChunksRequest, WriteHeader,
+};
 use redcloud_proto::transport::Transport;
 use redcloud_proto::{FRAME_SIZE, MAX_CHUNK_SIZE, MAX_MESSAGE_SIZE};
 use tonic::metadata::MetadataMap;
@@ -104,6 +106,40 @@ pub async fn write_chunk(
     *request.metadata_mut() = credential.clone();
     let response = client.write_chunk(request).await?;
     Ok(response.into_inner().already_present)
+}
+
+/// Writes many small chunks in one WriteChunks call, each with its write grant (empty when
+/// `credential` is a node's): answers, per chunk, whether it was already stored. The server
+/// takes at most `MAX_BATCH_CHUNKS` chunks and `MAX_CHUNK_SIZE` bytes per call.
+pub async fn write_chunks(
+    client: &mut ChunkClient,
+    chunks: Vec<(ChunkId, Bytes, String)>,
+    credential: &MetadataMap,
+) -> Result<Vec<bool>, ClientError> {
+    let count = chunks.len();
+    let mut request = tonic::Request::new(WriteChunksRequest {
+        chunks: chunks
+            .into_iter()
+            .map(|(id, data, grant)| ChunkWrite {
+                id: Bytes::copy_from_slice(id.as_bytes()),
+                data,
+                grant,
+            })
+            .collect(),
+    });
+    *request.metadata_mut() = credential.clone();
+    let present = client
+        .write_chunks(request)
+        .await?
+        .into_inner()
+        .already_present;
+    if present.len() != count {
+        return Err(ClientError::Status(tonic::Status::internal(format!(
+            "WriteChunks answered {} of {count} chunks",
+            present.len()
+        ))));
+    }
+    Ok(present)
 }
 
 /// Reads a whole chunk and checks that its bytes hash to `id`. `credential`: a read grant from

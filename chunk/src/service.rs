@@ -19,7 +19,7 @@ use redcloud_proto::chunk::{
     ChunkEntry, DeleteChunkRequest, DeleteChunkResponse, HasChunksRequest, HasChunksResponse,
     InfoRequest, InfoResponse, ListChunksRequest, ListChunksResponse, ReadChunkRequest,
     ReadChunkResponse, ReplicateChunkRequest, ReplicateChunkResponse, ScrubStats,
-    WriteChunkRequest, WriteChunkResponse,
+    WriteChunkRequest, WriteChunkResponse, WriteChunksRequest, WriteChunksResponse,
 };
 use redcloud_proto::trust::{Access, Gate};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -38,6 +38,8 @@ use crate::store::{
 
 /// Most chunk buffers (writes, reads, replications) held at once: 32 x 8 MiB = 256 MiB.
 pub const MAX_TRANSFERS: usize = 32;
+/// Most chunks in one WriteChunks call (its bytes are limited to `MAX_CHUNK_SIZE`).
+pub const MAX_BATCH_CHUNKS: usize = 1_024;
 /// Most ids in one HasChunks request.
 pub const MAX_HAS_CHUNKS: usize = 100_000;
 /// Entries per ListChunks page when the request does not say.
@@ -256,6 +258,71 @@ impl ChunkService for ChunkServiceImpl {
         Ok(Response::new(WriteChunkResponse {
             already_present: outcome == PutOutcome::AlreadyPresent,
         }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn write_chunks(
+        &self,
+        request: Request<WriteChunksRequest>,
+    ) -> Result<Response<WriteChunksResponse>, Status> {
+        let md = request.metadata().clone();
+        let chunks = request.into_inner().chunks;
+        if chunks.len() > MAX_BATCH_CHUNKS {
+            let message = format!(
+                "WriteChunks: {} chunks exceed the limit of {MAX_BATCH_CHUNKS}; nothing stored",
+                chunks.len()
+            );
+            return Err(self.refuse(Rejection::TooLarge, Status::invalid_argument(message)));
+        }
+        let total: u64 = chunks.iter().map(|c| c.data.len() as u64).sum();
+        if total > MAX_CHUNK_SIZE {
+            let message = format!(
+                "WriteChunks: {total} bytes exceed the limit of {MAX_CHUNK_SIZE} per call; \
+                 nothing stored"
+            );
+            return Err(self.refuse(Rejection::TooLarge, Status::invalid_argument(message)));
+        }
+        let now = now_ms();
+        let mut batch = Vec::with_capacity(chunks.len());
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let id = parse_id(&format!("chunks[{i}].id"), &chunk.id)
+                .map_err(|status| self.refuse(Rejection::Malformed, status))?;
+            let grant = (!chunk.grant.is_empty()).then_some(chunk.grant.as_bytes());
+            self.gate
+                .require_grant_in(&md, grant, Access::Write, id.as_bytes(), now)
+                .map_err(|s| self.refuse(Rejection::Unauthenticated, s))?;
+            batch.push((id, chunk.data));
+        }
+        // The call's bytes (at most one chunk's worth) count as one transfer.
+        let _permit = self.transfer_permit().await?;
+        let _in_progress = Gauge::raise(&self.metrics.writes_in_progress);
+        let sizes: Vec<u64> = batch.iter().map(|(_, b)| b.len() as u64).collect();
+        match self.blocking(move |store| store.put_many(&batch)).await? {
+            Ok(outcomes) => {
+                let mut present = Vec::with_capacity(outcomes.len());
+                for (outcome, size) in outcomes.iter().zip(sizes) {
+                    let stored = *outcome == PutOutcome::Stored;
+                    if stored {
+                        add(&self.metrics.chunks_written, 1);
+                        add(&self.metrics.bytes_written, size);
+                    } else {
+                        add(&self.metrics.writes_already_present, 1);
+                    }
+                    present.push(!stored);
+                }
+                Ok(Response::new(WriteChunksResponse {
+                    already_present: present,
+                }))
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "batch write refused");
+                if let Some(why) = rejection_of(&e) {
+                    self.metrics.reject(why);
+                }
+                // A hash mismatch names its chunk; nothing of the call was stored.
+                Err(store_status(e, None))
+            }
+        }
     }
 
     type ReadChunkStream = FrameStream<ReadChunkResponse>;

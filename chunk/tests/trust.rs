@@ -220,6 +220,116 @@ async fn a_grant_opens_one_chunk_for_one_access_until_it_expires() {
         .unwrap();
 }
 
+/// The status code a WriteChunks call that must fail was refused with.
+async fn refusal(
+    c: &mut client::ChunkClient,
+    chunks: Vec<(ChunkId, Bytes, String)>,
+    md: &MetadataMap,
+) -> Code {
+    code(client::write_chunks(c, chunks, md).await.unwrap_err())
+}
+
+#[tokio::test]
+async fn a_batch_write_needs_a_grant_for_every_chunk_and_stores_all_or_nothing() {
+    let (addr, _dir, stop, task) = secured().await;
+    let key = secret().grant_key();
+    let later = now_ms() + 60_000;
+    let node = Gate::new(Some(&secret())).node_metadata();
+    let none = MetadataMap::new();
+    let chunks: Vec<(ChunkId, Bytes)> = (20..25).map(|seed| chunk(seed, 3_000)).collect();
+    let granted = |access: Access| -> Vec<(ChunkId, Bytes, String)> {
+        chunks
+            .iter()
+            .map(|(id, b)| (*id, b.clone(), key.sign(access, id.as_bytes(), later)))
+            .collect()
+    };
+    let mut c = client::connect(&addr, &tls()).await.unwrap();
+    let held = |c: &mut client::ChunkClient| {
+        let mut c = c.clone();
+        let node = node.clone();
+        let ids: Vec<Bytes> = chunks
+            .iter()
+            .map(|(id, _)| Bytes::copy_from_slice(id.as_bytes()))
+            .collect();
+        async move {
+            let mut request = tonic::Request::new(HasChunksRequest { ids, touch: false });
+            *request.metadata_mut() = node;
+            c.has_chunks(request).await.unwrap().into_inner().present
+        }
+    };
+
+    // No grants and no node credential: refused.
+    let bare: Vec<_> = chunks
+        .iter()
+        .map(|(id, b)| (*id, b.clone(), String::new()))
+        .collect();
+    assert_eq!(refusal(&mut c, bare, &none).await, Code::Unauthenticated);
+    // One chunk's grant is for reading, or for another chunk: the whole call is refused.
+    let mut wrong_access = granted(Access::Write);
+    wrong_access[3].2 = key.sign(Access::Read, chunks[3].0.as_bytes(), later);
+    assert_eq!(
+        refusal(&mut c, wrong_access, &none).await,
+        Code::PermissionDenied
+    );
+    let mut wrong_chunk = granted(Access::Write);
+    wrong_chunk[1].2 = wrong_chunk[0].2.clone();
+    assert_eq!(
+        refusal(&mut c, wrong_chunk, &none).await,
+        Code::PermissionDenied
+    );
+    // One chunk's bytes do not match its id: refused, nothing stored.
+    let mut lying = granted(Access::Write);
+    lying[2].1 = chunks[4].1.clone();
+    assert_eq!(refusal(&mut c, lying, &none).await, Code::InvalidArgument);
+    assert_eq!(
+        held(&mut c).await,
+        vec![false; chunks.len()],
+        "a refused call stored chunks"
+    );
+
+    // Every grant right: all stored, and a second call finds them present.
+    let present = client::write_chunks(&mut c, granted(Access::Write), &none)
+        .await
+        .unwrap();
+    assert_eq!(present, vec![false; chunks.len()]);
+    assert_eq!(held(&mut c).await, vec![true; chunks.len()]);
+    let present = client::write_chunks(&mut c, granted(Access::Write), &none)
+        .await
+        .unwrap();
+    assert_eq!(present, vec![true; chunks.len()]);
+    for (id, bytes) in &chunks {
+        assert_eq!(
+            &client::read_chunk(&mut c, *id, &node).await.unwrap(),
+            bytes
+        );
+    }
+
+    // Past the limits: refused whole, with the limit named.
+    let too_many: Vec<_> = (0..=redcloud_chunk::service::MAX_BATCH_CHUNKS)
+        .map(|i| {
+            let (id, b) = chunk(1, i % 200 + 1);
+            (id, b, String::new())
+        })
+        .collect();
+    match client::write_chunks(&mut c, too_many, &node)
+        .await
+        .unwrap_err()
+    {
+        ClientError::Status(s) => {
+            assert_eq!(s.code(), Code::InvalidArgument);
+            assert!(s.message().contains("limit"), "{}", s.message());
+        }
+        other => panic!("expected a status, got {other}"),
+    }
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
 #[tokio::test]
 async fn only_a_tls_client_that_trusts_the_cluster_ca_gets_through() {
     let (addr, _dir, stop, task) = secured().await;

@@ -250,13 +250,26 @@ impl Gate {
         chunk: &[u8],
         now_ms: u64,
     ) -> Result<(), tonic::Status> {
+        self.require_grant_in(md, Self::header(md, GRANT_HEADER), access, chunk, now_ms)
+    }
+
+    /// [`Gate::require_grant`] with the grant taken from the message instead of a header: a
+    /// call that writes many chunks carries one grant per chunk.
+    pub fn require_grant_in(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+        grant: Option<&[u8]>,
+        access: Access,
+        chunk: &[u8],
+        now_ms: u64,
+    ) -> Result<(), tonic::Status> {
         let Some(key) = &self.grants else {
             return Ok(());
         };
         if self.is_node(md) {
             return Ok(());
         }
-        let Some(grant) = Self::header(md, GRANT_HEADER) else {
+        let Some(grant) = grant else {
             return Err(tonic::Status::unauthenticated(format!(
                 "{} needs a grant from a controller ({} for this chunk)",
                 access.verb(),

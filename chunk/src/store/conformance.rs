@@ -4,6 +4,8 @@
 //! Test code calls [`run_all`] with a function that opens fresh stores; the suite is public
 //! (hidden from docs) so that other crates with their own stores can run it too.
 
+use bytes::Bytes;
+
 use super::{ChunkStore, Deletion, MAX_CHUNK_SIZE, PutOutcome, StoreError};
 use crate::id::ChunkId;
 
@@ -18,6 +20,7 @@ pub const CASES: &[(&str, Case)] = &[
     ("put_get_round_trip", put_get_round_trip),
     ("hash_mismatch_stores_nothing", hash_mismatch_stores_nothing),
     ("re_put_is_a_no_op", re_put_is_a_no_op),
+    ("put_many", put_many),
     ("ranges", ranges),
     ("contains_many", contains_many),
     ("delete", delete),
@@ -107,6 +110,47 @@ pub fn re_put_is_a_no_op(store: &dyn ChunkStore) {
     let again = store.info(&id).unwrap().unwrap();
     assert_eq!(again.size, info.size);
     assert!(again.stored_at_ms >= info.stored_at_ms);
+}
+
+/// `put_many` answers each chunk as `put` would (a repeat within the call included), and
+/// stores nothing of a call with one bad chunk.
+pub fn put_many(store: &dyn ChunkStore) {
+    let there = test_chunk(30, 2000);
+    let there_id = put_new(store, &there);
+    let chunks: Vec<(ChunkId, Bytes)> = [test_chunk(31, 3000), test_chunk(32, 100 << 10)]
+        .into_iter()
+        .chain([test_chunk(31, 3000), there.clone()])
+        .map(|b| (ChunkId::of(&b), Bytes::from(b)))
+        .collect();
+    let outcomes = store.put_many(&chunks).unwrap();
+    use PutOutcome::{AlreadyPresent, Stored};
+    assert_eq!(outcomes, [Stored, Stored, AlreadyPresent, AlreadyPresent]);
+    for (id, bytes) in &chunks {
+        assert_eq!(store.get(id).unwrap(), bytes);
+    }
+    let stats = store.stats();
+    assert_eq!(stats.chunk_count, 3);
+    assert_eq!(stats.used_bytes, 2000 + 3000 + (100 << 10));
+    assert!(store.contains(&there_id).unwrap());
+
+    let good = test_chunk(33, 500);
+    let (claimed, sent) = (test_chunk(34, 500), test_chunk(35, 500));
+    let bad = [
+        (ChunkId::of(&good), Bytes::from(good)),
+        (ChunkId::of(&claimed), Bytes::from(sent.clone())),
+    ];
+    assert_eq!(
+        store.put_many(&bad).unwrap_err(),
+        StoreError::HashMismatch {
+            expected: ChunkId::of(&claimed),
+            actual: ChunkId::of(&sent)
+        }
+    );
+    assert!(
+        !store.contains(&bad[0].0).unwrap(),
+        "a good chunk of a refused call was stored"
+    );
+    assert_eq!(store.stats(), stats);
 }
 
 /// Ranges return the right bytes; ranges outside the chunk are refused clearly.

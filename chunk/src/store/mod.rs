@@ -124,6 +124,7 @@ pub enum StoreError {
 ///
 /// Laws every implementation keeps (see [`conformance`]):
 /// - `put` stores only bytes whose BLAKE3 hash is the id; on any error nothing is stored.
+///   `put_many` stores nothing when any of its chunks fails that check.
 /// - `get` returns only bytes that hash to the id; a stored copy that does not is deleted and
 ///   `Corrupt` returned.
 /// - `put` of a stored chunk leaves its bytes alone, refreshes its `stored_at_ms` and answers
@@ -132,6 +133,19 @@ pub enum StoreError {
 pub trait ChunkStore: Send + Sync + 'static {
     /// Verifies `bytes` against `id` and stores them durably.
     fn put(&self, id: &ChunkId, bytes: &[u8]) -> Result<PutOutcome, StoreError>;
+
+    /// `put` for many chunks at once: `result[i]` answers `chunks[i]`. Every chunk is verified
+    /// before anything is written, so one bad chunk stores none; implementations make the whole
+    /// call durable with as few syncs as they can.
+    fn put_many(&self, chunks: &[(ChunkId, Bytes)]) -> Result<Vec<PutOutcome>, StoreError> {
+        for (id, bytes) in chunks {
+            verify(id, bytes)?;
+        }
+        chunks
+            .iter()
+            .map(|(id, bytes)| self.put(id, bytes))
+            .collect()
+    }
 
     /// The chunk's bytes, verified against its id.
     fn get(&self, id: &ChunkId) -> Result<Bytes, StoreError>;

@@ -106,7 +106,11 @@ impl TrackedStore {
     }
 
     fn stripe(&self, id: &ChunkId) -> MutexGuard<'_, ()> {
-        self.stripes[usize::from(id.0[0]) % STRIPES].lock()
+        self.stripes[Self::stripe_of(id)].lock()
+    }
+
+    fn stripe_of(id: &ChunkId) -> usize {
+        usize::from(id.0[0]) % STRIPES
     }
 
     /// After a read answered `Corrupt`, logs the drop, once. Concurrent readers of the same
@@ -134,6 +138,25 @@ impl ChunkStore for TrackedStore {
             |store| store.put(id, bytes),
             |outcome| (*outcome == PutOutcome::Stored).then_some(Change::Added),
         )
+    }
+
+    fn put_many(&self, chunks: &[(ChunkId, Bytes)]) -> Result<Vec<PutOutcome>, StoreError> {
+        // Every id's stripe, in ascending order (so two callers cannot deadlock), as `change`
+        // holds one.
+        let mut stripes: Vec<usize> = chunks.iter().map(|(id, _)| Self::stripe_of(id)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let _stripes: Vec<MutexGuard<'_, ()>> =
+            stripes.iter().map(|&s| self.stripes[s].lock()).collect();
+        let _shared = self.gate.read();
+        let outcomes = self.inner.put_many(chunks)?;
+        let mut log = self.log.lock();
+        for ((id, _), outcome) in chunks.iter().zip(&outcomes) {
+            if *outcome == PutOutcome::Stored {
+                log.record(*id, Change::Added);
+            }
+        }
+        Ok(outcomes)
     }
 
     fn get(&self, id: &ChunkId) -> Result<Bytes, StoreError> {

@@ -1,4 +1,5 @@
-//! Many uploads' controller calls, sent together.
+//! Many uploads' calls, sent together: plans and commits to the controller, small chunk
+//! writes to each chunkserver.
 //!
 //! When one command uploads many files, each file still plans and commits on its own, but its
 //! PlanUpload and CommitFile go to a [`Bulk`] queue instead of the controller. A task per kind
@@ -13,6 +14,9 @@
 //!   per chunkserver and writes its versions in one durable write; each file still gets its own
 //!   answer, and a controller without CommitFiles (an older version) gets one CommitFile each.
 //!
+//! - Small chunks ([`SmallWrites`]): one WriteChunks per chunkserver carries the chunks of many
+//!   files, each with its own grant, stored with one synced write.
+//!
 //! Files with many chunks (more than [`MAX_BATCHED_CHUNKS`]) and forced plans (the rewrite of
 //! chunks a commit found lacking) skip the queues: their calls are large or rare already.
 
@@ -22,11 +26,17 @@ use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
 use bytes::Bytes;
+use parking_lot::Mutex;
+use redcloud_chunk::client::{self, ClientError};
+use redcloud_chunk::id::ChunkId;
+use redcloud_chunk::pool::ChunkPool;
 use redcloud_proto::controller::{
     ChunkPlan, ChunkRef, CommitFileOutcome, CommitFileRequest, CommitFileResponse,
     CommitFilesRequest, PlanUploadRequest, PlanUploadResponse,
 };
+use redcloud_proto::trust::grant_metadata;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
 use super::authed;
@@ -64,15 +74,23 @@ impl Bulk {
     pub fn batched(ctl: &Controllers, token: &str) -> Bulk {
         let token: Arc<str> = token.into();
         let (c, t) = (ctl.clone(), token.clone());
-        let plans = Queue::start(move |batch| {
-            let (mut ctl, token) = (c.clone(), t.clone());
-            async move { send_plans(&mut ctl, &token, batch).await }
-        });
+        let plans = Queue::start(
+            FILE_LIMITS,
+            |_| 0,
+            move |batch| {
+                let (mut ctl, token) = (c.clone(), t.clone());
+                async move { send_plans(&mut ctl, &token, batch).await }
+            },
+        );
         let (c, t) = (ctl.clone(), token);
-        let commits = Queue::start(move |batch| {
-            let (mut ctl, token) = (c.clone(), t.clone());
-            async move { send_commits(&mut ctl, &token, batch).await }
-        });
+        let commits = Queue::start(
+            FILE_LIMITS,
+            |_| 0,
+            move |batch| {
+                let (mut ctl, token) = (c.clone(), t.clone());
+                async move { send_commits(&mut ctl, &token, batch).await }
+            },
+        );
         Bulk {
             queues: Some(Queues { plans, commits }),
         }
@@ -106,6 +124,116 @@ impl Bulk {
     }
 }
 
+/// Small chunk writes to chunkservers, sent together: one queue per chunkserver, whose task
+/// sends what is waiting as one WriteChunks call (at most [`SMALL_BATCH_BYTES`] and the
+/// server's limit of chunks), [`IN_FLIGHT`] calls at once. A chunkserver without WriteChunks
+/// (an older version) gets one WriteChunk per chunk.
+#[derive(Debug, Clone)]
+pub struct SmallWrites {
+    pool: ChunkPool,
+    queues: Arc<Mutex<HashMap<String, Queue<SmallWrite, bool>>>>,
+}
+
+/// One chunk to write: id, bytes and its write grant.
+type SmallWrite = (ChunkId, Bytes, String);
+
+/// Chunks up to this size are written through [`SmallWrites`]; larger ones have a stream
+/// each, where one round trip is small beside the bytes.
+pub const SMALL_CHUNK: usize = 64 << 10;
+/// Most chunk bytes in one WriteChunks call.
+const SMALL_BATCH_BYTES: usize = 4 << 20;
+/// Most chunks in one WriteChunks call (the chunkserver's limit).
+const SMALL_BATCH_CHUNKS: usize = redcloud_chunk::service::MAX_BATCH_CHUNKS;
+/// Most queues kept, one per chunkserver; past it writes go one stream each.
+const MAX_SMALL_QUEUES: usize = 1_024;
+
+impl SmallWrites {
+    /// Queues that write over `pool`'s connections; their tasks end when the last clone is
+    /// dropped.
+    pub fn new(pool: ChunkPool) -> SmallWrites {
+        SmallWrites {
+            pool,
+            queues: Arc::default(),
+        }
+    }
+
+    /// Writes one chunk to `addr` with its grant: answers whether it was already stored.
+    pub async fn write(&self, addr: &str, id: ChunkId, data: Bytes, grant: &str) -> Result<bool> {
+        let queue = {
+            let mut queues = self.queues.lock();
+            match queues.get(addr) {
+                Some(queue) => Some(queue.clone()),
+                None if queues.len() < MAX_SMALL_QUEUES => {
+                    let queue = self.start(addr);
+                    queues.insert(addr.to_owned(), queue.clone());
+                    Some(queue)
+                }
+                None => None,
+            }
+        };
+        match queue {
+            Some(queue) => queue.call((id, data, grant.to_owned())).await,
+            None => write_one(&self.pool, addr, (id, data, grant.to_owned())).await,
+        }
+    }
+
+    fn start(&self, addr: &str) -> Queue<SmallWrite, bool> {
+        let limits = Limits {
+            jobs: SMALL_BATCH_CHUNKS,
+            weight: SMALL_BATCH_BYTES,
+        };
+        let (pool, addr) = (self.pool.clone(), addr.to_owned());
+        Queue::start(
+            limits,
+            |(_, data, _)| data.len(),
+            move |batch| {
+                let (pool, addr) = (pool.clone(), addr.clone());
+                async move { send_small(&pool, &addr, batch).await }
+            },
+        )
+    }
+}
+
+/// Writes one batch of small chunks to `addr`.
+async fn send_small(pool: &ChunkPool, addr: &str, batch: Vec<Job<SmallWrite, bool>>) {
+    let (chunks, answers): (Vec<SmallWrite>, Vec<_>) = batch.into_iter().unzip();
+    let sent = async {
+        let mut c = pool.get(addr).await?;
+        client::write_chunks(&mut c, chunks.clone(), &MetadataMap::new()).await
+    }
+    .await;
+    match sent {
+        Ok(present) => {
+            for (present, answer) in present.into_iter().zip(answers) {
+                let _ = answer.send(Ok(present));
+            }
+        }
+        Err(ClientError::Status(s)) if s.code() == Code::Unimplemented => {
+            for (chunk, answer) in chunks.into_iter().zip(answers) {
+                let _ = answer.send(write_one(pool, addr, chunk).await);
+            }
+        }
+        Err(e) => {
+            pool.forget(addr);
+            let e = anyhow!("{e}");
+            answer_all(chunks.into_iter().zip(answers).collect(), &e);
+        }
+    }
+}
+
+/// Writes one chunk in its own WriteChunk stream.
+async fn write_one(pool: &ChunkPool, addr: &str, (id, data, grant): SmallWrite) -> Result<bool> {
+    let written = async {
+        let mut c = pool.get(addr).await?;
+        client::write_chunk(&mut c, id, data, &grant_metadata(&grant)).await
+    }
+    .await;
+    if written.is_err() {
+        pool.forget(addr);
+    }
+    Ok(written?)
+}
+
 type Job<Q, A> = (Q, oneshot::Sender<Result<A>>);
 
 /// Requests of one kind waiting to be sent together, and the task that sends them.
@@ -122,27 +250,57 @@ impl<Q, A> Clone for Queue<Q, A> {
     }
 }
 
+/// How large one batch of a [`Queue`] may grow.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Most jobs.
+    jobs: usize,
+    /// Most total weight (see [`Queue::start`]); a job heavier than this goes alone.
+    weight: usize,
+}
+
+/// Plans and commits: counted by file.
+const FILE_LIMITS: Limits = Limits {
+    jobs: MAX_FILES,
+    weight: usize::MAX,
+};
+
 impl<Q: Send + 'static, A: Send + 'static> Queue<Q, A> {
-    /// Starts the task: `send` sends one batch and answers every job in it.
-    fn start<S, F>(send: S) -> Self
+    /// Starts the task: `send` sends one batch and answers every job in it. A batch takes
+    /// what is waiting, up to `limits`, each job weighing `weigh(job)`.
+    fn start<S, F>(limits: Limits, weigh: fn(&Q) -> usize, send: S) -> Self
     where
         S: Fn(Vec<Job<Q, A>>) -> F + Send + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
-        let (tx, mut rx) = mpsc::channel::<Job<Q, A>>(MAX_FILES);
+        let (tx, mut rx) = mpsc::channel::<Job<Q, A>>(limits.jobs);
         tokio::spawn(async move {
             let calls = Arc::new(Semaphore::new(IN_FLIGHT));
+            // A job that did not fit in the last batch starts the next one.
+            let mut carried: Option<Job<Q, A>> = None;
             loop {
                 let Ok(permit) = calls.clone().acquire_owned().await else {
                     return;
                 };
-                let Some(first) = rx.recv().await else {
-                    return;
+                let first = match carried.take() {
+                    Some(job) => job,
+                    None => match rx.recv().await {
+                        Some(job) => job,
+                        None => return,
+                    },
                 };
+                let mut weight = weigh(&first.0);
                 let mut batch = vec![first];
-                while batch.len() < MAX_FILES {
+                while batch.len() < limits.jobs {
                     match rx.try_recv() {
-                        Ok(job) => batch.push(job),
+                        Ok(job) if weight.saturating_add(weigh(&job.0)) > limits.weight => {
+                            carried = Some(job);
+                            break;
+                        }
+                        Ok(job) => {
+                            weight = weight.saturating_add(weigh(&job.0));
+                            batch.push(job);
+                        }
                         Err(_) => break,
                     }
                 }

@@ -15,7 +15,9 @@
 //! Many files ([`upload_many`]) go up several at once over one set of chunkserver
 //! connections, so a small file costs its round trips' latency once per batch of files rather
 //! than once per file, and their plans and commits go to the controller in batches
-//! ([`Bulk`]), so they share calls, HasChunks and fsyncs.
+//! ([`Bulk`]), so they share calls, HasChunks and fsyncs. Small chunks (up to
+//! [`SMALL_CHUNK`]) go to each chunkserver in WriteChunks batches ([`SmallWrites`]), so they
+//! share calls and the chunkserver's synced write too.
 //! Chunk bodies in flight are bounded in bytes across all of them.
 
 use std::collections::HashMap;
@@ -33,7 +35,7 @@ use redcloud_proto::controller::{
 };
 
 use super::authed;
-use super::bulk::Bulk;
+use super::bulk::{Bulk, SMALL_CHUNK, SmallWrites};
 use super::chunking::{self, ChunkSpan};
 use super::connect::Controllers;
 use super::progress;
@@ -86,14 +88,18 @@ pub struct UploadOptions {
 #[derive(Debug, Clone)]
 struct Shared {
     pool: ChunkPool,
+    /// Small chunks, written in batches per chunkserver over `pool`'s connections.
+    small: SmallWrites,
     budget: Arc<tokio::sync::Semaphore>,
     chunking: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
     fn new(ctl: &Controllers) -> Shared {
+        let pool = ChunkPool::new(ctl.transport().clone());
         Shared {
-            pool: ChunkPool::new(ctl.transport().clone()),
+            small: SmallWrites::new(pool.clone()),
+            pool,
             budget: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_BYTES / BUDGET_UNIT)),
             chunking: Arc::new(tokio::sync::Semaphore::new(PARALLEL_CHUNKING)),
         }
@@ -399,14 +405,13 @@ async fn write_all(
                 tokio::task::spawn_blocking(move || chunking::read_span(&file, &span, &path))
                     .await
                     .context("read task failed")??;
-            let credential = redcloud_proto::trust::grant_metadata(&plan.grant);
             write_replicas(
-                &shared.pool,
+                shared,
                 span.id,
                 Bytes::from(data),
                 &plan.targets,
                 quorum,
-                &credential,
+                &plan.grant,
             )
             .await?;
             bar.inc(span.len);
@@ -468,22 +473,29 @@ const MAX_IDS_PER_HOLD: usize = 100_000;
 /// each failure, the next untried target, until `quorum` copies are acknowledged or the
 /// targets run out.
 async fn write_replicas(
-    pool: &ChunkPool,
+    shared: &Shared,
     id: [u8; 32],
     data: Bytes,
     targets: &[String],
     quorum: usize,
-    credential: &tonic::metadata::MetadataMap,
+    grant: &str,
 ) -> Result<()> {
     let id = ChunkId(id);
+    let credential = redcloud_proto::trust::grant_metadata(grant);
     let write_one = |addr: String| {
-        let data = data.clone();
+        let (data, credential) = (data.clone(), &credential);
         async move {
+            if data.len() <= SMALL_CHUNK {
+                let result = shared.small.write(&addr, id, data, grant).await;
+                return (addr, result);
+            }
+            let pool = &shared.pool;
             let result = async {
                 let mut c = pool.get(&addr).await?;
                 client::write_chunk(&mut c, id, data, credential).await
             }
-            .await;
+            .await
+            .map_err(anyhow::Error::from);
             if result.is_err() {
                 pool.forget(&addr);
             }
