@@ -1,8 +1,13 @@
 //! Downloading a file: resolve it with a controller, fetch its chunks in parallel straight
 //! from chunkservers (each verified against its BLAKE3 id, falling back to the next replica on
-//! any error), write them in file order into a temporary file beside the destination while
-//! hashing the whole file from memory, check that hash, then rename it into place. A failed
-//! download leaves no partial file behind.
+//! any error), write each one at its offset in a temporary file beside the destination as soon
+//! as it arrives, sync it, then rename it into place. A failed download leaves no partial file
+//! behind.
+//!
+//! Each byte is hashed once, by the chunk check. The chunk list comes from the controller with
+//! the file's record, its sizes must add up to the file's size, and every chunk's bytes must
+//! hash to its id, so the file written is the file committed without hashing it a second time
+//! as a whole.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -20,8 +25,9 @@ use super::progress;
 use crate::session::Session;
 use redcloud_chunk::pool::ChunkPool;
 
-/// Chunks fetched at the same time by one download.
-const PARALLEL_CHUNKS: usize = 4;
+/// Chunks fetched (and held in memory: at most this many times `MAX_CHUNK_SIZE`) at the same
+/// time by one download.
+const PARALLEL_CHUNKS: usize = 8;
 
 /// Downloads `name` (its head version, or `version`) to `output`.
 pub async fn download(
@@ -84,47 +90,45 @@ pub async fn download(
             (at, c)
         })
         .collect();
-    // Chunks are fetched several at once (each fetch its own task, so transfers go on while a
-    // chunk is written) but taken in file order, so the whole-file hash is computed as they
-    // are written, from memory: no byte is read back from disk.
+    // Chunks are fetched several at once, each in its own task, and written where they belong
+    // in whatever order they arrive, so a slow replica holds up only its own chunk.
     let mut fetched = futures::stream::iter(jobs.into_iter().map(|(at, loc)| {
         let pool = pool.clone();
         Aborting(tokio::spawn(async move {
             Ok::<_, anyhow::Error>((at, fetch(&pool, &loc).await?))
         }))
     }))
-    .buffered(PARALLEL_CHUNKS);
-    let mut hasher = blake3::Hasher::new();
+    .buffer_unordered(PARALLEL_CHUNKS);
+    let mut writes = futures::stream::FuturesUnordered::new();
     while let Some(next) = fetched.next().await {
         let (at, data) = next.context("fetch task failed")??;
         let out = out.clone();
-        let len = data.len() as u64;
-        hasher = tokio::task::spawn_blocking(move || {
+        writes.push(tokio::task::spawn_blocking(move || {
             use std::os::unix::fs::FileExt;
-            hasher.update(&data);
-            out.write_all_at(&data, at).map(|()| hasher)
-        })
-        .await
-        .context("write task failed")?
-        .context("writing the downloaded file")?;
-        bar.inc(len);
+            out.write_all_at(&data, at).map(|()| data.len() as u64)
+        }));
+        // Bounded: at most PARALLEL_CHUNKS writes (and their buffers) wait at once.
+        while writes.len() >= PARALLEL_CHUNKS {
+            bar.inc(written(writes.next().await)?);
+        }
+    }
+    while let Some(done) = writes.next().await {
+        bar.inc(written(Some(done))?);
     }
     bar.finish_and_clear();
 
-    // The file as written must be the file committed; then it is made durable and visible.
-    let actual = hasher.finalize();
-    if actual.as_bytes()[..] != file.blake3[..] {
-        bail!(
-            "{name}: downloaded bytes hash to {} but the file's hash is {}",
-            actual.to_hex(),
-            hex::encode(&file.blake3)
-        );
-    }
     out.sync_all().context("flushing the downloaded file")?;
     std::fs::rename(&tmp, output)
         .with_context(|| format!("cannot move the download to {}", output.display()))?;
     guard.keep = true;
     Ok(file)
+}
+
+/// The length of a finished chunk write, or why it failed.
+fn written(done: Option<Result<std::io::Result<u64>, tokio::task::JoinError>>) -> Result<u64> {
+    let done = done.context("no chunk write was pending")?;
+    done.context("write task failed")?
+        .context("writing the downloaded file")
 }
 
 /// Fetches one chunk from the first replica that returns verified bytes.
