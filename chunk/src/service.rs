@@ -137,22 +137,33 @@ impl ChunkServiceImpl {
     async fn store_chunk(&self, id: ChunkId, bytes: Bytes) -> Result<PutOutcome, Status> {
         let size = bytes.len() as u64;
         match self.blocking(move |store| store.put(&id, &bytes)).await? {
-            Ok(PutOutcome::Stored) => {
-                add(&self.metrics.chunks_written, 1);
-                add(&self.metrics.bytes_written, size);
-                Ok(PutOutcome::Stored)
-            }
-            Ok(PutOutcome::AlreadyPresent) => {
-                add(&self.metrics.writes_already_present, 1);
-                Ok(PutOutcome::AlreadyPresent)
+            Ok(outcome) => {
+                self.count_write(outcome, size);
+                Ok(outcome)
             }
             Err(e) => {
                 tracing::info!(chunk = %id, error = %e, "write refused");
-                if let Some(why) = rejection_of(&e) {
-                    self.metrics.reject(why);
-                }
+                self.count_refusal(&e);
                 Err(store_status(e, Some(&id)))
             }
+        }
+    }
+
+    /// Counts one chunk write that succeeded.
+    fn count_write(&self, outcome: PutOutcome, size: u64) {
+        match outcome {
+            PutOutcome::Stored => {
+                add(&self.metrics.chunks_written, 1);
+                add(&self.metrics.bytes_written, size);
+            }
+            PutOutcome::AlreadyPresent => add(&self.metrics.writes_already_present, 1),
+        }
+    }
+
+    /// Counts a write the store refused, under its rejection counter if it has one.
+    fn count_refusal(&self, e: &StoreError) {
+        if let Some(why) = rejection_of(e) {
+            self.metrics.reject(why);
         }
     }
 
@@ -299,26 +310,18 @@ impl ChunkService for ChunkServiceImpl {
         let sizes: Vec<u64> = batch.iter().map(|(_, b)| b.len() as u64).collect();
         match self.blocking(move |store| store.put_many(&batch)).await? {
             Ok(outcomes) => {
-                let mut present = Vec::with_capacity(outcomes.len());
-                for (outcome, size) in outcomes.iter().zip(sizes) {
-                    let stored = *outcome == PutOutcome::Stored;
-                    if stored {
-                        add(&self.metrics.chunks_written, 1);
-                        add(&self.metrics.bytes_written, size);
-                    } else {
-                        add(&self.metrics.writes_already_present, 1);
-                    }
-                    present.push(!stored);
+                for (&outcome, size) in outcomes.iter().zip(sizes) {
+                    self.count_write(outcome, size);
                 }
-                Ok(Response::new(WriteChunksResponse {
-                    already_present: present,
-                }))
+                let already_present = outcomes
+                    .iter()
+                    .map(|&o| o == PutOutcome::AlreadyPresent)
+                    .collect();
+                Ok(Response::new(WriteChunksResponse { already_present }))
             }
             Err(e) => {
                 tracing::info!(error = %e, "batch write refused");
-                if let Some(why) = rejection_of(&e) {
-                    self.metrics.reject(why);
-                }
+                self.count_refusal(&e);
                 // A hash mismatch names its chunk; nothing of the call was stored.
                 Err(store_status(e, None))
             }

@@ -13,6 +13,7 @@ mod disk;
 mod memory;
 mod record;
 mod rocks;
+mod stripes;
 mod tracked;
 
 use std::ops::Range;

@@ -25,6 +25,7 @@ use rocksdb::{
 
 use super::disk;
 use super::record::{decode_info, encode_info};
+use super::stripes::Stripes;
 use super::{
     ChunkInfo, ChunkStore, Deletion, PutOutcome, StoreError, StoreStats, is_young, now_ms,
     toggle_digest, verify,
@@ -40,8 +41,6 @@ const BLOB_FILE_SIZE: u64 = 256 << 20;
 const WRITE_BUFFER_SIZE: usize = 64 << 20;
 /// The WAL holds chunk bytes until the memtable is flushed; this forces a flush past it.
 const MAX_TOTAL_WAL_SIZE: u64 = 512 << 20;
-/// Number of locks striping the id space (see [`RocksStore::stripes`]).
-const LOCK_STRIPES: usize = 64;
 
 /// How to open a [`RocksStore`].
 #[derive(Debug, Clone, Default)]
@@ -58,7 +57,7 @@ pub struct RocksStore {
     capacity: u64,
     /// Serialise check-then-write per id so concurrent puts and deletes of one chunk keep the
     /// counters exact, while different chunks still write (and group-commit) in parallel.
-    stripes: Vec<Mutex<()>>,
+    stripes: Stripes,
     chunk_count: AtomicU64,
     /// Includes bytes reserved by puts in flight, so two puts cannot both take the last space.
     used_bytes: AtomicU64,
@@ -105,7 +104,7 @@ impl RocksStore {
             db,
             path: path.to_owned(),
             capacity: 0,
-            stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            stripes: Stripes::default(),
             chunk_count: AtomicU64::new(0),
             used_bytes: AtomicU64::new(0),
             digest: Mutex::new([0; 32]),
@@ -155,12 +154,8 @@ impl RocksStore {
             .expect("opened with the info family")
     }
 
-    fn stripe(id: &ChunkId) -> usize {
-        usize::from(id.0[0]) % LOCK_STRIPES
-    }
-
     fn lock(&self, id: &ChunkId) -> MutexGuard<'_, ()> {
-        self.stripes[Self::stripe(id)].lock()
+        self.stripes.lock(id)
     }
 
     /// Durable writes: the call returns only after the WAL is synced to disk.
@@ -225,15 +220,6 @@ impl RocksStore {
             toggle_digest(&mut digest, id);
         }
         Ok(outcomes)
-    }
-
-    /// Holds the stripe locks of all `ids`, taken in ascending order so that two callers
-    /// cannot deadlock.
-    fn lock_all<'a>(&self, ids: impl Iterator<Item = &'a ChunkId>) -> Vec<MutexGuard<'_, ()>> {
-        let mut stripes: Vec<usize> = ids.map(Self::stripe).collect();
-        stripes.sort_unstable();
-        stripes.dedup();
-        stripes.iter().map(|&s| self.stripes[s].lock()).collect()
     }
 
     /// Takes `size` bytes of capacity, or refuses with `DiskFull`.
@@ -326,7 +312,7 @@ impl ChunkStore for RocksStore {
         for (id, bytes) in chunks {
             verify(id, bytes)?;
         }
-        let _guards = self.lock_all(chunks.iter().map(|(id, _)| id));
+        let _guards = self.stripes.lock_all(chunks.iter().map(|(id, _)| id));
         let chunks: Vec<(&ChunkId, &[u8])> = chunks.iter().map(|(id, b)| (id, &b[..])).collect();
         self.write_locked(&chunks)
     }
@@ -373,7 +359,7 @@ impl ChunkStore for RocksStore {
         // Every stripe the ids fall in is held (in ascending order, so two callers cannot
         // deadlock) until the batch is durable: a concurrent delete cannot slip between the
         // read and the write, which would leave an info record without its chunk.
-        let _guards = self.lock_all(ids.iter());
+        let _guards = self.stripes.lock_all(ids.iter());
         let mut present = Vec::with_capacity(ids.len());
         let mut batch = WriteBatch::default();
         for id in ids {

@@ -21,12 +21,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard, RwLock};
 
+use super::stripes::Stripes;
 use super::{ChunkInfo, ChunkStore, Deletion, PutOutcome, StoreError, StoreStats};
 use crate::id::ChunkId;
 use crate::inventory_log::{Change, Delta, InventoryLog};
-
-/// Lock stripes over chunk ids.
-const STRIPES: usize = 64;
 
 /// A consistent reading of the store's totals and the log position they correspond to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +39,7 @@ pub struct InventorySnapshot {
 pub struct TrackedStore {
     inner: Arc<dyn ChunkStore>,
     log: Mutex<InventoryLog>,
-    stripes: Vec<Mutex<()>>,
+    stripes: Stripes,
     gate: RwLock<()>,
 }
 
@@ -52,7 +50,7 @@ impl TrackedStore {
         Self {
             inner,
             log: Mutex::new(InventoryLog::new(log_capacity, started_empty)),
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            stripes: Stripes::default(),
             gate: RwLock::new(()),
         }
     }
@@ -106,11 +104,7 @@ impl TrackedStore {
     }
 
     fn stripe(&self, id: &ChunkId) -> MutexGuard<'_, ()> {
-        self.stripes[Self::stripe_of(id)].lock()
-    }
-
-    fn stripe_of(id: &ChunkId) -> usize {
-        usize::from(id.0[0]) % STRIPES
+        self.stripes.lock(id)
     }
 
     /// After a read answered `Corrupt`, logs the drop, once. Concurrent readers of the same
@@ -141,13 +135,8 @@ impl ChunkStore for TrackedStore {
     }
 
     fn put_many(&self, chunks: &[(ChunkId, Bytes)]) -> Result<Vec<PutOutcome>, StoreError> {
-        // Every id's stripe, in ascending order (so two callers cannot deadlock), as `change`
-        // holds one.
-        let mut stripes: Vec<usize> = chunks.iter().map(|(id, _)| Self::stripe_of(id)).collect();
-        stripes.sort_unstable();
-        stripes.dedup();
-        let _stripes: Vec<MutexGuard<'_, ()>> =
-            stripes.iter().map(|&s| self.stripes[s].lock()).collect();
+        // Every id's stripe, as `change` holds one.
+        let _stripes = self.stripes.lock_all(chunks.iter().map(|(id, _)| id));
         let _shared = self.gate.read();
         let outcomes = self.inner.put_many(chunks)?;
         let mut log = self.log.lock();

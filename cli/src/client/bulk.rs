@@ -14,7 +14,7 @@
 //!   per chunkserver and writes its versions in one durable write; each file still gets its own
 //!   answer, and a controller without CommitFiles (an older version) gets one CommitFile each.
 //!
-//! - Small chunks ([`SmallWrites`]): one WriteChunks per chunkserver carries the chunks of many
+//! - Small chunks ([`ChunkWrites`]): one WriteChunks per chunkserver carries the chunks of many
 //!   files, each with its own grant, stored with one synced write.
 //!
 //! Files with many chunks (more than [`MAX_BATCHED_CHUNKS`]) and forced plans (the rewrite of
@@ -124,12 +124,12 @@ impl Bulk {
     }
 }
 
-/// Small chunk writes to chunkservers, sent together: one queue per chunkserver, whose task
+/// Chunk writes to chunkservers, the small ones sent together: one queue per chunkserver, whose task
 /// sends what is waiting as one WriteChunks call (at most [`SMALL_BATCH_BYTES`] and the
 /// server's limit of chunks), [`IN_FLIGHT`] calls at once. A chunkserver without WriteChunks
 /// (an older version) gets one WriteChunk per chunk.
 #[derive(Debug, Clone)]
-pub struct SmallWrites {
+pub struct ChunkWrites {
     pool: ChunkPool,
     queues: Arc<Mutex<HashMap<String, Queue<SmallWrite, bool>>>>,
 }
@@ -137,9 +137,9 @@ pub struct SmallWrites {
 /// One chunk to write: id, bytes and its write grant.
 type SmallWrite = (ChunkId, Bytes, String);
 
-/// Chunks up to this size are written through [`SmallWrites`]; larger ones have a stream
-/// each, where one round trip is small beside the bytes.
-pub const SMALL_CHUNK: usize = 64 << 10;
+/// Chunks up to this size are written in batches; larger ones have a stream each, where one
+/// round trip is small beside the bytes.
+const SMALL_CHUNK: usize = 64 << 10;
 /// Most chunk bytes in one WriteChunks call.
 const SMALL_BATCH_BYTES: usize = 4 << 20;
 /// Most chunks in one WriteChunks call (the chunkserver's limit).
@@ -147,18 +147,22 @@ const SMALL_BATCH_CHUNKS: usize = redcloud_chunk::service::MAX_BATCH_CHUNKS;
 /// Most queues kept, one per chunkserver; past it writes go one stream each.
 const MAX_SMALL_QUEUES: usize = 1_024;
 
-impl SmallWrites {
+impl ChunkWrites {
     /// Queues that write over `pool`'s connections; their tasks end when the last clone is
     /// dropped.
-    pub fn new(pool: ChunkPool) -> SmallWrites {
-        SmallWrites {
+    pub fn new(pool: ChunkPool) -> ChunkWrites {
+        ChunkWrites {
             pool,
             queues: Arc::default(),
         }
     }
 
-    /// Writes one chunk to `addr` with its grant: answers whether it was already stored.
+    /// Writes one chunk to `addr` with its grant: answers whether it was already stored. A
+    /// small chunk joins its chunkserver's queue; a larger one has a stream of its own.
     pub async fn write(&self, addr: &str, id: ChunkId, data: Bytes, grant: &str) -> Result<bool> {
+        if data.len() > SMALL_CHUNK {
+            return write_one(&self.pool, addr, (id, data, grant.to_owned())).await;
+        }
         let queue = {
             let mut queues = self.queues.lock();
             match queues.get(addr) {

@@ -108,12 +108,14 @@ pub async fn download(
             out.write_all_at(&data, at).map(|()| data.len() as u64)
         }));
         // Bounded: at most PARALLEL_CHUNKS writes (and their buffers) wait at once.
-        while writes.len() >= PARALLEL_CHUNKS {
-            bar.inc(written(writes.next().await)?);
+        while writes.len() >= PARALLEL_CHUNKS
+            && let Some(done) = writes.next().await
+        {
+            bar.inc(written(done)?);
         }
     }
     while let Some(done) = writes.next().await {
-        bar.inc(written(Some(done))?);
+        bar.inc(written(done)?);
     }
     bar.finish_and_clear();
 
@@ -125,8 +127,7 @@ pub async fn download(
 }
 
 /// The length of a finished chunk write, or why it failed.
-fn written(done: Option<Result<std::io::Result<u64>, tokio::task::JoinError>>) -> Result<u64> {
-    let done = done.context("no chunk write was pending")?;
+fn written(done: Result<std::io::Result<u64>, tokio::task::JoinError>) -> Result<u64> {
     done.context("write task failed")?
         .context("writing the downloaded file")
 }

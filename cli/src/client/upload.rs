@@ -15,8 +15,8 @@
 //! Many files ([`upload_many`]) go up several at once over one set of chunkserver
 //! connections, so a small file costs its round trips' latency once per batch of files rather
 //! than once per file, and their plans and commits go to the controller in batches
-//! ([`Bulk`]), so they share calls, HasChunks and fsyncs. Small chunks (up to
-//! [`SMALL_CHUNK`]) go to each chunkserver in WriteChunks batches ([`SmallWrites`]), so they
+//! ([`Bulk`]), so they share calls, HasChunks and fsyncs. Small chunks go to each
+//! chunkserver in WriteChunks batches ([`ChunkWrites`]), so they
 //! share calls and the chunkserver's synced write too.
 //! Chunk bodies in flight are bounded in bytes across all of them.
 
@@ -28,14 +28,13 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use redcloud_chunk::client;
 use redcloud_chunk::id::ChunkId;
 use redcloud_proto::controller::{
     ChunkPlan, ChunkRef, CommitFileRequest, FileInfo, HoldChunksRequest,
 };
 
 use super::authed;
-use super::bulk::{Bulk, SMALL_CHUNK, SmallWrites};
+use super::bulk::{Bulk, ChunkWrites};
 use super::chunking::{self, ChunkSpan};
 use super::connect::Controllers;
 use super::progress;
@@ -87,19 +86,16 @@ pub struct UploadOptions {
 /// chunk bytes in memory.
 #[derive(Debug, Clone)]
 struct Shared {
-    pool: ChunkPool,
-    /// Small chunks, written in batches per chunkserver over `pool`'s connections.
-    small: SmallWrites,
+    /// Chunk writes over one set of connections, small chunks in batches per chunkserver.
+    writes: ChunkWrites,
     budget: Arc<tokio::sync::Semaphore>,
     chunking: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
     fn new(ctl: &Controllers) -> Shared {
-        let pool = ChunkPool::new(ctl.transport().clone());
         Shared {
-            small: SmallWrites::new(pool.clone()),
-            pool,
+            writes: ChunkWrites::new(ChunkPool::new(ctl.transport().clone())),
             budget: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_BYTES / BUDGET_UNIT)),
             chunking: Arc::new(tokio::sync::Semaphore::new(PARALLEL_CHUNKING)),
         }
@@ -481,24 +477,10 @@ async fn write_replicas(
     grant: &str,
 ) -> Result<()> {
     let id = ChunkId(id);
-    let credential = redcloud_proto::trust::grant_metadata(grant);
     let write_one = |addr: String| {
-        let (data, credential) = (data.clone(), &credential);
+        let data = data.clone();
         async move {
-            if data.len() <= SMALL_CHUNK {
-                let result = shared.small.write(&addr, id, data, grant).await;
-                return (addr, result);
-            }
-            let pool = &shared.pool;
-            let result = async {
-                let mut c = pool.get(&addr).await?;
-                client::write_chunk(&mut c, id, data, credential).await
-            }
-            .await
-            .map_err(anyhow::Error::from);
-            if result.is_err() {
-                pool.forget(&addr);
-            }
+            let result = shared.writes.write(&addr, id, data, grant).await;
             (addr, result)
         }
     };
