@@ -18,6 +18,11 @@ const BENCH: &str = "metadata_commit";
 const SHARDS: usize = 16;
 /// Commits in flight against the controller (as many concurrent API calls would be).
 const IN_FLIGHT: usize = 16;
+/// Files per job in the batched case: what one CommitFiles of an `add` of many files carries
+/// (`redcloud::client::bulk::MAX_FILES`).
+const BATCH: usize = 256;
+/// Batched jobs in flight (the client's batched calls of one kind at once).
+const BATCHES_IN_FLIGHT: usize = 2;
 
 /// Bare Automerge: one transaction per file putting a version record, the head and a tag,
 /// spread over 16 documents as the store shards them. Returns commits per second.
@@ -106,6 +111,8 @@ pub async fn run(report: &mut Report, profile: Profile) -> Result<()> {
     let took = start.elapsed();
     let controller = count as f64 / took.as_secs_f64();
     let replicated = cluster.wait_equal(Duration::from_secs(60)).await?;
+    let batched = batched_loop(&meta, profile.pick(20_000, 512)).await?;
+    let replicated_batched = cluster.wait_equal(Duration::from_secs(60)).await?;
     cluster.stop().await;
 
     report.info(BENCH, case, "bare Automerge commits", bare, "/s");
@@ -140,5 +147,62 @@ pub async fn run(report: &mut Report, profile: Profile) -> Result<()> {
         mem / bare,
         "x",
     );
+    report.info(
+        BENCH,
+        case,
+        "controller, 256 files per job (CommitFiles of a bulk add)",
+        batched,
+        "/s",
+    );
+    report.info(
+        BENCH,
+        case,
+        "peer caught up after the last batch",
+        replicated_batched.as_secs_f64() * 1e3,
+        "ms",
+    );
+    report.figure(
+        BENCH,
+        case,
+        "controller, 256 files per job / bare Automerge",
+        batched / bare,
+        "x",
+        Some(Target::AtLeast(0.5)),
+        "",
+    );
     Ok(())
+}
+
+/// `count` file adds through the controller's owner thread in jobs of [`BATCH`] files
+/// (`MetaStore::add_versions`, as CommitFiles runs them), [`BATCHES_IN_FLIGHT`] at once.
+/// Returns files per second.
+async fn batched_loop(meta: &redcloud_meta::handle::MetaHandle, count: usize) -> Result<f64> {
+    let start = Instant::now();
+    let mut jobs = tokio::task::JoinSet::new();
+    for first in (0..count).step_by(BATCH) {
+        if jobs.len() >= BATCHES_IN_FLIGHT
+            && let Some(r) = jobs.join_next().await
+        {
+            r??;
+        }
+        let files: Vec<redcloud_meta::NewFile> = (first..count.min(first + BATCH))
+            .map(|i| (format!("b-{i}"), version(1, 2), None))
+            .collect();
+        let meta = meta.clone();
+        jobs.spawn(async move {
+            meta.mutate(move |s| {
+                let (answers, commits) =
+                    s.add_versions(USER, files, redcloud_meta::clock::system_ms());
+                for a in answers {
+                    a?;
+                }
+                Ok(((), commits))
+            })
+            .await
+        });
+    }
+    while let Some(r) = jobs.join_next().await {
+        r??;
+    }
+    Ok(count as f64 / start.elapsed().as_secs_f64())
 }

@@ -5,7 +5,7 @@ use crate::storage::StorageError;
 
 /// Everything an operation of the metadata core can fail with. Every message names what was
 /// wrong, so the service can hand it to the user as is.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum MetaError {
     /// Input failed validation; nothing was written.
     #[error("invalid {field}: {reason}")]

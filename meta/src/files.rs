@@ -31,6 +31,10 @@ use crate::resolve::{self, Candidate};
 use crate::store::{Commit, MetaStore};
 use crate::vv::VersionVector;
 
+mod batch;
+
+pub use batch::{MAX_CHANGE_BYTES, MAX_FILES_PER_CHANGE, NewFile};
+
 /// Most files purged from one document per call, so one purge change stays far below the
 /// replication message limit.
 const MAX_PURGE_PER_DOC: usize = 2_000;
@@ -137,6 +141,49 @@ impl HeadState {
             vv.merge(&rec.vv);
         }
         vv
+    }
+}
+
+/// A head version ready to be written: what [`MetaStore::write_head`] puts in one change, and
+/// what a batch of adds puts many of in one.
+pub(crate) struct NewHead {
+    fkey: String,
+    vid: String,
+    /// The encoded [`VersionRecord`].
+    record: Vec<u8>,
+    tags: Vec<String>,
+    time: Timestamp,
+    /// The version as the writer sees it once written.
+    view: VersionView,
+}
+
+impl NewHead {
+    /// About how many bytes its operations put: the record and every key and value.
+    fn size(&self) -> usize {
+        let tag_entry = self.fkey.len() + 1 + 8;
+        self.record.len()
+            + 2 * self.fkey.len()
+            + 2 * self.vid.len()
+            + self.tags.iter().map(|t| tag_entry + t.len()).sum::<usize>()
+    }
+
+    /// Puts the record, the head and the tags.
+    fn put(
+        &self,
+        tx: &mut automerge::transaction::Transaction<'_>,
+        m: &crate::document::MapIds<'_>,
+    ) -> Result<(), automerge::AutomergeError> {
+        let fkey = self.fkey.as_str();
+        tx.put(
+            m.get("versions"),
+            sub_key(fkey, &self.vid),
+            self.record.clone(),
+        )?;
+        tx.put(m.get("heads"), fkey, self.vid.as_str())?;
+        for tag in &self.tags {
+            tx.put(m.get("tags"), sub_key(fkey, tag), self.time.0)?;
+        }
+        Ok(())
     }
 }
 
@@ -345,7 +392,22 @@ impl MetaStore {
         tags: &[String],
     ) -> Result<(VersionView, Commit), MetaError> {
         let id = self.file_doc(owner, name);
-        let fkey = file_key(owner, name);
+        let head = self.new_head(owner, name, time, state, content, tags);
+        let ((), commit) = self.commit(id, time, |tx, m| head.put(tx, m))?;
+        Ok((head.view, commit))
+    }
+
+    /// A new head version of `(owner, name)` succeeding the candidates of `state`, ready to
+    /// be written.
+    fn new_head(
+        &self,
+        owner: &str,
+        name: &str,
+        time: Timestamp,
+        state: Option<&HeadState>,
+        content: VersionRecord,
+        tags: &[String],
+    ) -> NewHead {
         let mut vv = state.map(HeadState::merged_vv).unwrap_or_default();
         vv.increment(self.config.node_id.as_str());
         let rec = VersionRecord {
@@ -355,29 +417,23 @@ impl MetaStore {
             ..content
         };
         let vid = new_vid(time);
-        let bytes = rec.encode();
-        let ((), commit) = self.commit(id, time, |tx, m| {
-            tx.put(m.get("versions"), sub_key(&fkey, &vid), bytes)?;
-            tx.put(m.get("heads"), fkey.as_str(), vid.as_str())?;
-            for tag in tags {
-                tx.put(m.get("tags"), sub_key(&fkey, tag), time.0)?;
-            }
-            Ok(())
-        })?;
-        Ok((view(&vid, &rec, true, true), commit))
+        NewHead {
+            fkey: file_key(owner, name),
+            record: rec.encode(),
+            view: view(&vid, &rec, true, true),
+            vid,
+            tags: tags.to_vec(),
+            time,
+        }
     }
 
-    /// Add a new version of `(owner, name)` (creating the file). `after` is a timestamp the
-    /// client has already seen (say, its previous acknowledged write): the new version gets a
-    /// later one even if this controller's clock is behind.
-    pub fn add_version(
-        &mut self,
+    /// Checks a new version of `(owner, name)` as `add_version` takes it.
+    fn check_new_version(
+        &self,
         owner: &str,
         name: &str,
-        version: NewVersion,
-        wall_ms: u64,
-        after: Option<Timestamp>,
-    ) -> Result<(VersionView, Commit), MetaError> {
+        version: &NewVersion,
+    ) -> Result<(), MetaError> {
         names::validate_user(owner)?;
         names::validate_name(name)?;
         for tag in &version.tags {
@@ -403,9 +459,11 @@ impl MetaStore {
                 ),
             ));
         }
-        let id = self.file_doc(owner, name);
-        let state = self.head_state(id, &file_key(owner, name))?;
-        let time = self.next_timestamp(wall_ms, after)?;
+        Ok(())
+    }
+
+    /// The checked new version's record, before `new_head` gives it its history.
+    fn content(version: NewVersion, time: Timestamp) -> (VersionRecord, Vec<String>) {
         let content = VersionRecord {
             size: version.size,
             blake3: version.blake3,
@@ -420,7 +478,26 @@ impl MetaStore {
             deleted: false,
             restored_from: None,
         };
-        self.write_head(owner, name, time, state.as_ref(), content, &version.tags)
+        (content, version.tags)
+    }
+
+    /// Add a new version of `(owner, name)` (creating the file). `after` is a timestamp the
+    /// client has already seen (say, its previous acknowledged write): the new version gets a
+    /// later one even if this controller's clock is behind.
+    pub fn add_version(
+        &mut self,
+        owner: &str,
+        name: &str,
+        version: NewVersion,
+        wall_ms: u64,
+        after: Option<Timestamp>,
+    ) -> Result<(VersionView, Commit), MetaError> {
+        self.check_new_version(owner, name, &version)?;
+        let id = self.file_doc(owner, name);
+        let state = self.head_state(id, &file_key(owner, name))?;
+        let time = self.next_timestamp(wall_ms, after)?;
+        let (content, tags) = Self::content(version, time);
+        self.write_head(owner, name, time, state.as_ref(), content, &tags)
     }
 
     /// Delete `(owner, name)`: a new tombstone head. `NotFound` if the file is not live.

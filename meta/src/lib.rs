@@ -72,7 +72,7 @@ pub mod workers;
 pub use cluster::{ChunkserverView, ControllerView, Login, ReplicationPolicy, Secret, Settings};
 pub use document::DocId;
 pub use error::MetaError;
-pub use files::{ConflictView, FileView, NewVersion, PurgeOutcome, VersionView};
+pub use files::{ConflictView, FileView, NewFile, NewVersion, PurgeOutcome, VersionView};
 pub use hlc::{Clock, ClockError, Timestamp};
 pub use names::NodeId;
 pub use record::{ChunkHash, ChunkRef, ChunkserverState};

@@ -28,7 +28,7 @@ impl StoredDoc {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("storage error: {0}")]
 pub struct StorageError(pub String);
 

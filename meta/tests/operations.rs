@@ -683,3 +683,130 @@ fn a_slow_clocks_deletion_still_gets_the_full_trash_retention() {
     assert_eq!(out.files, 1);
     assert!(healthy.history("alice", "f").unwrap().is_empty());
 }
+
+/// `n` files of `alice`, one in ten named twice (the second time with new content), one with
+/// a name the store refuses.
+fn batch_of(n: usize) -> Vec<redcloud_meta::NewFile> {
+    let mut files = Vec::new();
+    for i in 0..n {
+        let t: &[&str] = if i % 3 == 0 {
+            &["all", "third"]
+        } else {
+            &["all"]
+        };
+        files.push((format!("f{i}"), version(i as u8, t), None));
+        if i % 10 == 0 {
+            files.push((format!("f{i}"), version(i as u8 ^ 0x80, &["again"]), None));
+        }
+    }
+    files.insert(n / 2, ("bad/name".to_owned(), version(1, &["all"]), None));
+    files
+}
+
+#[test]
+fn a_batch_of_adds_ends_as_the_same_adds_one_by_one() {
+    let n = 300;
+    let files = batch_of(n);
+    let mut batched = mem_store("n1", 4);
+    let (answers, commits) = batched.add_versions("alice", files.clone(), T0);
+    let mut single = mem_store("n2", 4);
+    for ((name, v, after), answer) in files.into_iter().zip(&answers) {
+        let one = single.add_version("alice", &name, v, T0, after);
+        match (answer, one) {
+            (Ok(file), Ok((head, _))) => {
+                assert_eq!(file.name, name);
+                assert_eq!((file.head.size, file.head.blake3), (head.size, head.blake3));
+                assert_eq!(&file.head.chunks, &head.chunks);
+                assert!(!file.conflicted, "{name} conflicts with itself");
+            }
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+            (a, b) => panic!("{name}: batched {a:?}, one by one {b:?}"),
+        }
+    }
+    assert_eq!(answers.iter().filter(|a| a.is_err()).count(), 1);
+    // Each answer is the file as its own version left it: the first of a name given twice
+    // shows its first content, the second the second.
+    assert_eq!(answers[0].as_ref().unwrap().head.blake3, [0; 32]);
+    assert_eq!(answers[1].as_ref().unwrap().head.blake3, [0x80; 32]);
+
+    for store in [&batched, &single] {
+        assert_eq!(file_names(store, "alice", &["all"]).len(), n);
+        assert_eq!(file_names(store, "alice", &["third"]).len(), n.div_ceil(3));
+        assert_eq!(file_names(store, "alice", &["again"]).len(), n.div_ceil(10));
+        assert_eq!(store.file_count().unwrap(), n);
+        assert!(store.conflicts("alice").unwrap().is_empty());
+    }
+    for i in 0..n {
+        let name = format!("f{i}");
+        let (a, b) = (
+            batched.history("alice", &name).unwrap(),
+            single.history("alice", &name).unwrap(),
+        );
+        assert_eq!(a.len(), b.len(), "versions of {name}");
+        assert_eq!(a.len(), if i % 10 == 0 { 2 } else { 1 });
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!((x.size, x.blake3, x.is_head), (y.size, y.blake3, y.is_head));
+        }
+        assert_eq!(
+            batched.file("alice", &name).unwrap().unwrap().tags,
+            single.file("alice", &name).unwrap().unwrap().tags
+        );
+    }
+    assert_eq!(
+        batched.live_chunks().unwrap(),
+        single.live_chunks().unwrap()
+    );
+
+    // Fewer changes than files, each small enough to be gossiped, and together they carry
+    // everything: a peer that applies them ends equal, and so does a restart.
+    assert!(
+        commits.len() < n / 4,
+        "{} changes for {n} files",
+        commits.len()
+    );
+    for c in &commits {
+        assert!(
+            c.changes.len() <= 64 << 10,
+            "a change of {} bytes",
+            c.changes.len()
+        );
+    }
+    let mut peer = mem_store("n3", 4);
+    for c in &commits {
+        deliver(&mut peer, c, T0);
+    }
+    for doc in batched.docs() {
+        if let redcloud_meta::DocId::Files(_) = doc {
+            assert_eq!(batched.heads(doc).unwrap(), peer.heads(doc).unwrap());
+        }
+    }
+    assert_eq!(
+        batched.list("alice", &[]).unwrap(),
+        peer.list("alice", &[]).unwrap()
+    );
+    for i in 0..n {
+        let name = format!("f{i}");
+        assert_eq!(
+            batched.history("alice", &name).unwrap(),
+            peer.history("alice", &name).unwrap()
+        );
+    }
+}
+
+#[test]
+fn a_batch_of_adds_survives_a_restart() {
+    let mut s = mem_store("n1", 4);
+    let (answers, _) = s.add_versions("alice", batch_of(40), T0);
+    // The last answer of each name is the file as the batch left it.
+    let last: std::collections::BTreeMap<String, redcloud_meta::FileView> = answers
+        .into_iter()
+        .flatten()
+        .map(|f| (f.name.clone(), f))
+        .collect();
+    assert_eq!(last.len(), 40);
+    let s = reopen(s);
+    for (name, file) in &last {
+        assert_eq!(s.file("alice", name).unwrap().as_ref(), Some(file));
+    }
+    assert_eq!(s.file_count().unwrap(), 40);
+}

@@ -14,7 +14,7 @@ use redcloud_proto::controller as pb;
 use tonic::Status;
 
 use super::errors::{self, invalid};
-use super::{Components, MAX_CHUNKS_PER_CALL, after, confirm, file_or_not_found, require_tags};
+use super::{Components, MAX_CHUNKS_PER_CALL, after, confirm, require_tags};
 use crate::files::NewVersion;
 use crate::record::ChunkHash;
 use crate::repair::plan::Health;
@@ -179,33 +179,19 @@ pub async fn commit(
         return Ok(answers);
     }
 
-    // One job on the metadata owner for all of them: their versions share one fsync.
+    // One job on the metadata owner for all of them: the versions of one document share one
+    // change, and all share one fsync.
     let clock = p.clock.clone();
     let written = p
         .meta
-        .mutate(move |s| {
-            let mut out = Vec::with_capacity(versions.len());
-            let mut made = Vec::with_capacity(versions.len());
-            for (name, version, after) in versions {
-                let wrote = s
-                    .add_version(&user, &name, version, clock.now_ms(), after)
-                    .and_then(|(_, commit)| {
-                        made.push(commit);
-                        s.file(&user, &name)
-                    })
-                    .map_err(errors::status)
-                    .and_then(|f| file_or_not_found(f, &name));
-                out.push(wrote);
-            }
-            Ok((out, made))
-        })
+        .mutate(move |s| Ok(s.add_versions(&user, versions, clock.now_ms())))
         .await
         .map_err(errors::status)?;
     for (wrote, done) in written.into_iter().zip(pending) {
         let file = match wrote {
             Ok(file) => file,
             Err(e) => {
-                answers[done.index] = Err(e);
+                answers[done.index] = Err(errors::status(e));
                 continue;
             }
         };
