@@ -14,8 +14,8 @@ use redcloud_proto::chunk::write_chunk_request::Msg;
 use redcloud_proto::chunk::{
     DeleteChunkRequest, DeleteChunkResponse, HasChunksRequest, HasChunksResponse, InfoRequest,
     InfoResponse, ListChunksRequest, ListChunksResponse, ReadChunkRequest, ReadChunkResponse,
-    ReplicateChunkRequest, ReplicateChunkResponse, WriteChunkRequest, WriteChunkResponse,
-    WriteChunksRequest, WriteChunksResponse,
+    ReplicateChunkRequest, ReplicateChunkResponse, ReplicateChunksRequest, ReplicateChunksResponse,
+    WriteChunkRequest, WriteChunkResponse, WriteChunksRequest, WriteChunksResponse,
 };
 use redcloud_proto::{FRAME_SIZE, MAX_MESSAGE_SIZE};
 use tokio::net::TcpListener;
@@ -113,6 +113,13 @@ impl ChunkService for Echo {
         &self,
         _request: Request<ReplicateChunkRequest>,
     ) -> Result<Response<ReplicateChunkResponse>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    async fn replicate_chunks(
+        &self,
+        _request: Request<ReplicateChunksRequest>,
+    ) -> Result<Response<ReplicateChunksResponse>, Status> {
         Err(Status::unimplemented("echo"))
     }
 

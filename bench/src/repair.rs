@@ -1,8 +1,10 @@
-//! `repair_fill`: a new chunkserver joins a cluster whose other chunkserver holds `total`
-//! bytes; the controller's repair loop orders copies until it holds every chunk. The reference
-//! copies the same bytes between two directories in this process (read, write, `fdatasync`,
-//! 1 MiB at a time). Detection (the first heartbeat making the server active) is reported
-//! apart from the fill.
+//! `repair_fill`: a new chunkserver joins a cluster whose other chunkserver holds the chunks
+//! of some files; the controller's repair loop orders copies until it holds every chunk. Two
+//! cases: 1 GiB in large files (chunks of about 1 MiB), and many 4 KiB files (a chunk each,
+//! uploaded in one `upload_many`). The reference copies the same bytes between two
+//! directories in this process, a file per chunk (1 MiB pieces of the large files, the small
+//! files as they are), each written and `fdatasync`'d. Detection (the first heartbeat making
+//! the server active) is reported apart from the fill.
 
 use std::io::Write;
 use std::path::Path;
@@ -98,11 +100,49 @@ fn copy_dir(src: &Path, dst: &Path) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
+/// What the first chunkserver holds before the new one joins.
+#[derive(Clone, Copy)]
+enum Files {
+    /// `total` bytes in `count` files, uploaded one by one.
+    Large { total: usize, count: usize },
+    /// `count` files of `size` bytes, uploaded in one `upload_many`.
+    Small { count: usize, size: usize },
+}
+
+impl Files {
+    fn total(self) -> usize {
+        match self {
+            Files::Large { total, .. } => total,
+            Files::Small { count, size } => count * size,
+        }
+    }
+
+    fn count(self) -> usize {
+        match self {
+            Files::Large { count, .. } | Files::Small { count, .. } => count,
+        }
+    }
+
+    fn size(self) -> usize {
+        self.total() / self.count()
+    }
+}
+
 /// Runs `repair_fill`.
 pub async fn run(report: &mut Report, profile: Profile) -> Result<()> {
     let total: usize = profile.pick(1 << 30, 32 << 20);
-    let files = profile.pick(16, 2);
-    let case = format!("{} MiB", total >> 20);
+    let large = Files::Large {
+        total,
+        count: profile.pick(16, 2),
+    };
+    fill(report, &format!("{} MiB", total >> 20), large).await?;
+    let count = profile.pick(4_000, 200);
+    let small = Files::Small { count, size: 4096 };
+    fill(report, &format!("{count} x 4 KiB"), small).await
+}
+
+/// One case: upload `files`, start a new chunkserver, time its fill and the reference.
+async fn fill(report: &mut Report, case: &str, files: Files) -> Result<()> {
     let work = tempfile::tempdir()?;
     let config = ControllerConfig {
         data_dir: work.path().join("controller"),
@@ -128,7 +168,7 @@ pub async fn run(report: &mut Report, profile: Profile) -> Result<()> {
     })
     .await?;
 
-    // 1 GiB of files uploaded through the client.
+    // The files, uploaded through the client.
     let token = login(&ctl).await?;
     let src = work.path().join("files");
     std::fs::create_dir_all(&src)?;
@@ -137,24 +177,48 @@ pub async fn run(report: &mut Report, profile: Profile) -> Result<()> {
         token,
         last_write_hlc: 0,
     };
-    let upload_start = Instant::now();
-    for i in 0..files {
-        let path = src.join(format!("f{i}"));
-        let size = total / files;
-        let p = path.clone();
+    let mut paths = Vec::with_capacity(files.count());
+    for i in 0..files.count() {
+        let path = src.join(format!("f{i:05}"));
+        let (p, size) = (path.clone(), files.size());
         tokio::task::spawn_blocking(move || std::fs::write(&p, crate::data(size, 77 + i as u64)))
             .await??;
-        let mut controllers =
-            Controllers::new(vec![ctl.clone()], crate::cluster::bench_transport());
-        upload::upload(
-            &mut controllers,
-            &mut session,
-            &path,
-            &format!("f{i}"),
-            &["t".to_string()],
-        )
-        .await
-        .with_context(|| format!("uploading f{i}"))?;
+        paths.push((path, format!("f{i:05}")));
+    }
+    let mut controllers = Controllers::new(vec![ctl.clone()], crate::cluster::bench_transport());
+    let upload_start = Instant::now();
+    match files {
+        Files::Large { .. } => {
+            for (path, name) in &paths {
+                upload::upload(
+                    &mut controllers,
+                    &mut session,
+                    path,
+                    name,
+                    &["t".to_string()],
+                )
+                .await
+                .with_context(|| format!("uploading {name}"))?;
+            }
+        }
+        Files::Small { .. } => {
+            let options = upload::UploadOptions {
+                quiet: true,
+                ..Default::default()
+            };
+            let results = upload::upload_many(
+                &mut controllers,
+                &mut session,
+                &paths,
+                &["t".to_string()],
+                &options,
+                |_, _| {},
+            )
+            .await?;
+            if let Some(e) = results.into_iter().find_map(Result::err) {
+                return Err(e.context("uploading the small files"));
+            }
+        }
     }
     let uploaded = upload_start.elapsed();
     wait_status(&ctl, "the first chunkserver holds every chunk", |s| {
@@ -197,44 +261,51 @@ pub async fn run(report: &mut Report, profile: Profile) -> Result<()> {
     std::fs::create_dir_all(&copy)?;
     let (p, c) = (pieces.clone(), copy.clone());
     let reference = tokio::task::spawn_blocking(move || -> Result<Duration> {
-        for i in 0..files {
-            let bytes = std::fs::read(src.join(format!("f{i}")))?;
+        for (path, name) in &paths {
+            let bytes = std::fs::read(path)?;
             for (j, piece) in bytes.chunks(1 << 20).enumerate() {
-                std::fs::write(p.join(format!("{i}-{j}")), piece)?;
+                std::fs::write(p.join(format!("{name}-{j}")), piece)?;
             }
         }
         copy_dir(&p, &c)
     })
     .await??;
 
-    let bytes = total as u64;
-    report.info(BENCH, &case, "chunks", chunks as f64, "");
+    let bytes = files.total() as u64;
+    report.info(BENCH, case, "chunks", chunks as f64, "");
     report.info(
         BENCH,
-        &case,
+        case,
         "upload through the client",
         mib_s(bytes, uploaded),
         "MiB/s",
     );
     report.info(
         BENCH,
-        &case,
+        case,
         "detection (start to active)",
         ms(detected),
         "ms",
     );
-    report.info(BENCH, &case, "fill after detection", ms(filled), "ms");
-    report.info(BENCH, &case, "fill rate", mib_s(bytes, filled), "MiB/s");
+    report.info(BENCH, case, "fill after detection", ms(filled), "ms");
+    report.info(BENCH, case, "fill rate", mib_s(bytes, filled), "MiB/s");
     report.info(
         BENCH,
-        &case,
+        case,
+        "chunks filled per second",
+        chunks as f64 / filled.as_secs_f64().max(1e-9),
+        "/s",
+    );
+    report.info(
+        BENCH,
+        case,
         "reference: copy with fdatasync",
         ms(reference),
         "ms",
     );
     report.figure(
         BENCH,
-        &case,
+        case,
         "fill / copy time",
         filled.as_secs_f64() / reference.as_secs_f64(),
         "x",

@@ -6,6 +6,10 @@
 //! stops sending a write or stops taking a read's frames for [`STREAM_IDLE_TIMEOUT`] loses
 //! its stream and its buffer, so stalled callers cannot hold the transfer slots.
 
+mod replicate;
+
+pub use replicate::{MAX_REPLICATE_IDS, PIPELINE as REPLICATE_PIPELINE};
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +22,9 @@ use redcloud_proto::chunk::write_chunk_request::Msg;
 use redcloud_proto::chunk::{
     ChunkEntry, DeleteChunkRequest, DeleteChunkResponse, HasChunksRequest, HasChunksResponse,
     InfoRequest, InfoResponse, ListChunksRequest, ListChunksResponse, ReadChunkRequest,
-    ReadChunkResponse, ReplicateChunkRequest, ReplicateChunkResponse, ScrubStats,
-    WriteChunkRequest, WriteChunkResponse, WriteChunksRequest, WriteChunksResponse,
+    ReadChunkResponse, ReplicateChunkRequest, ReplicateChunkResponse, ReplicateChunksRequest,
+    ReplicateChunksResponse, ScrubStats, WriteChunkRequest, WriteChunkResponse, WriteChunksRequest,
+    WriteChunksResponse,
 };
 use redcloud_proto::trust::{Access, Gate};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -538,6 +543,17 @@ impl ChunkService for ChunkServiceImpl {
             already_present: outcome == PutOutcome::AlreadyPresent,
             size,
         }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn replicate_chunks(
+        &self,
+        request: Request<ReplicateChunksRequest>,
+    ) -> Result<Response<ReplicateChunksResponse>, Status> {
+        self.node_only(request.metadata())?;
+        self.replicate_many(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn info(&self, request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {

@@ -11,7 +11,9 @@ use common::{DEADLINE, chunk, has, start, start_with, wait_until, wire};
 use redcloud_chunk::client::{self, ClientError};
 use redcloud_chunk::scrub::ScrubConfig;
 use redcloud_chunk::{ChunkserverConfig, run};
-use redcloud_proto::chunk::{InfoRequest, InfoResponse, ReplicateChunkRequest};
+use redcloud_proto::chunk::{
+    InfoRequest, InfoResponse, ReplicateChunkRequest, ReplicateChunksRequest, ReplicateOutcome,
+};
 use redcloud_proto::transport::Transport;
 use tokio::net::TcpListener;
 use tonic::Code;
@@ -113,6 +115,107 @@ async fn replication_from_one_source_keeps_one_connection() {
         1,
         "one connection to the source"
     );
+    source.stop().await;
+    target.stop().await;
+}
+
+/// A repair fill's batch: many chunks from one source in one call, small and large, one the
+/// target holds already and one the source lacks. Each is answered on its own, the copies are
+/// the bytes, and a second call finds them all present.
+#[tokio::test]
+async fn replicate_many_copies_each_chunk_and_answers_each_on_its_own() {
+    let (source, target) = (start(None).await, start(None).await);
+    let none = tonic::metadata::MetadataMap::new();
+    let mut chunks: Vec<_> = (0..300).map(|seed| chunk(1000 + seed, 4096)).collect();
+    chunks.push(chunk(2000, 3 << 20));
+    chunks.push(chunk(2001, 5 << 20));
+    let mut to_source = source.client().await;
+    for (id, bytes) in &chunks {
+        client::write_chunk(&mut to_source, *id, bytes.clone(), &none)
+            .await
+            .unwrap();
+    }
+    let mut client = target.client().await;
+    let (held, _) = &chunks[7];
+    client::write_chunk(&mut client, *held, chunks[7].1.clone(), &none)
+        .await
+        .unwrap();
+    let (absent, _) = chunk(3000, 100);
+    let mut ids: Vec<_> = chunks.iter().map(|(id, _)| wire(id)).collect();
+    ids.insert(100, wire(&absent));
+    let request = ReplicateChunksRequest {
+        source: source.addr.clone(),
+        ids,
+    };
+    let answer = tokio::time::timeout(DEADLINE, client.replicate_chunks(request.clone()))
+        .await
+        .expect("replication answers in time")
+        .unwrap()
+        .into_inner()
+        .chunks;
+    assert_eq!(answer.len(), chunks.len() + 1);
+    let lacking = &answer[100];
+    assert!(!lacking.stored);
+    assert!(
+        lacking.error.contains(&absent.to_string()),
+        "{}",
+        lacking.error
+    );
+    assert!(lacking.error.contains(&source.addr), "{}", lacking.error);
+    let copied: Vec<&ReplicateOutcome> = answer
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != 100)
+        .map(|(_, a)| a)
+        .collect();
+    for (i, ((id, bytes), a)) in chunks.iter().zip(copied).enumerate() {
+        assert!(a.stored, "chunk {i}: {}", a.error);
+        assert_eq!(a.already_present, id == held, "chunk {i}");
+        assert_eq!(a.size, bytes.len() as u64);
+        assert_eq!(
+            &client::read_chunk(&mut client, *id, &none).await.unwrap(),
+            bytes
+        );
+    }
+    assert_eq!(has(&mut client, &[absent]).await, [false]);
+
+    let again = client.replicate_chunks(request).await.unwrap().into_inner();
+    let present = again.chunks.iter().filter(|a| a.already_present).count();
+    assert_eq!(present, chunks.len());
+    source.stop().await;
+    target.stop().await;
+}
+
+/// A batch naming too many chunks, a malformed id or no source is refused whole, and nothing
+/// of it is copied.
+#[tokio::test]
+async fn replicate_many_refuses_a_malformed_batch() {
+    let (source, target) = (start(None).await, start(None).await);
+    let none = tonic::metadata::MetadataMap::new();
+    let (id, bytes) = chunk(4000, 1000);
+    client::write_chunk(&mut source.client().await, id, bytes, &none)
+        .await
+        .unwrap();
+    let mut client = target.client().await;
+    let limit = redcloud_chunk::service::MAX_REPLICATE_IDS;
+    let bad = [
+        (vec![wire(&id); limit + 1], source.addr.clone(), "limit"),
+        (
+            vec![wire(&id), bytes::Bytes::from_static(b"short")],
+            source.addr.clone(),
+            "ids[1]",
+        ),
+        (vec![wire(&id)], String::new(), "source"),
+    ];
+    for (ids, source, names) in bad {
+        let status = client
+            .replicate_chunks(ReplicateChunksRequest { source, ids })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+        assert!(status.message().contains(names), "{}", status.message());
+    }
+    assert_eq!(has(&mut client, &[id]).await, [false]);
     source.stop().await;
     target.stop().await;
 }

@@ -10,6 +10,7 @@ use redcloud_chunk::{ChunkId, ChunkserverConfig, run};
 use redcloud_proto::chunk::ReadChunkRequest;
 use redcloud_proto::chunk::{
     DeleteChunkRequest, HasChunksRequest, InfoRequest, ListChunksRequest, ReplicateChunkRequest,
+    ReplicateChunksRequest,
 };
 use redcloud_proto::tls::ClusterCa;
 use redcloud_proto::transport::Transport;
@@ -134,6 +135,14 @@ async fn every_call_without_a_credential_is_refused() {
         .replicate_chunk(ReplicateChunkRequest {
             id: wire.clone(),
             source: addr.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    let s = c
+        .replicate_chunks(ReplicateChunksRequest {
+            source: addr.clone(),
+            ids: vec![wire.clone()],
         })
         .await
         .unwrap_err();

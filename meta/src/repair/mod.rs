@@ -1,7 +1,8 @@
 //! Repair: make what chunkservers hold match what the metadata says must exist.
-//! [`plan`] decides which copies to make and [`drain`] when a draining server may be retired
-//! (both pure); [`worker`] does the IO.
+//! [`plan`] decides which copies to make, [`batch`] gathers them into calls and [`drain`]
+//! decides when a draining server may be retired (all pure); [`worker`] does the IO.
 
+pub mod batch;
 pub mod drain;
 pub mod plan;
 pub mod worker;

@@ -1,6 +1,8 @@
 //! The repair worker: every pass it reads the metadata facts (with a live chunk set stamped by
-//! the digest it was computed from), plans with [`super::plan`], and orders `ReplicateChunk`
-//! on target chunkservers with bounded concurrency and per-chunk exponential backoff.
+//! the digest it was computed from), plans with [`super::plan`], gathers the orders into
+//! batches of one target and source ([`super::batch`]) and sends each as one
+//! `ReplicateChunks` to the target, with bounded concurrency and per-chunk exponential
+//! backoff. A target that predates `ReplicateChunks` gets one `ReplicateChunk` per chunk.
 //!
 //! It also finishes drains, on proof only: [`super::drain::check`] must pass on current
 //! knowledge, then every copy it counts is confirmed by a fresh `HasChunks` on the server
@@ -31,9 +33,10 @@ use crate::service::confirm;
 #[derive(Debug, Clone)]
 pub struct RepairConfig {
     pub interval: Duration,
-    /// Copies in flight at once (per controller).
+    /// Copy calls in flight at once (per controller), each a batch of up to
+    /// [`super::batch::MAX_BATCH_CHUNKS`] chunks.
     pub concurrency: usize,
-    /// Deadline of one copy.
+    /// Deadline of one copy call.
     pub copy_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -85,6 +88,9 @@ pub struct RepairParts {
     pub chunks: crate::chunk_client::Dialer,
 }
 
+/// What became of each order of one copy call.
+type Copied = Vec<(Order, Result<(), String>)>;
+
 /// Per-chunk retry state after a failed copy.
 #[derive(Debug, Clone, Copy)]
 struct Backoff {
@@ -95,7 +101,7 @@ struct Backoff {
 struct Worker {
     parts: RepairParts,
     config: RepairConfig,
-    tasks: JoinSet<(Order, Result<(), String>)>,
+    tasks: JoinSet<Copied>,
     in_flight: HashSet<ChunkHash>,
     backoff: HashMap<ChunkHash, Backoff>,
     /// Planned orders not started yet, fewest replicas first; refilled by every pass and
@@ -279,43 +285,49 @@ impl Worker {
         Ok(())
     }
 
-    /// Starts queued orders until the concurrency limit is reached.
+    /// Starts queued orders, in batches, until the concurrency limit is reached.
     fn start_queued(&mut self) {
         let st = self.parts.status.clone();
-        while self.in_flight.len() < self.config.concurrency {
-            let Some(order) = self.queue.pop_front() else {
+        while self.tasks.len() < self.config.concurrency {
+            let (in_flight, addresses) = (&self.in_flight, &self.addresses);
+            let batch = super::batch::next_batch(&mut self.queue, |o| {
+                !in_flight.contains(&o.chunk)
+                    && addresses.contains_key(&o.target)
+                    && addresses.contains_key(&o.source)
+            });
+            let Some(first) = batch.first() else {
                 break;
             };
-            if self.in_flight.contains(&order.chunk) {
-                continue;
+            let target = self.addresses[&first.target].clone();
+            let source = self.addresses[&first.source].clone();
+            for o in &batch {
+                self.in_flight.insert(o.chunk);
             }
-            let (Some(target), Some(source)) = (
-                self.addresses.get(&order.target),
-                self.addresses.get(&order.source),
-            ) else {
-                continue;
-            };
-            self.in_flight.insert(order.chunk);
-            self.parts.metrics.repair_started.inc();
-            st.in_flight.add(1);
-            let (target, source) = (target.clone(), source.clone());
+            self.parts.metrics.repair_started.add(batch.len() as u64);
+            st.in_flight.add(batch.len() as u64);
             let timeout = self.config.copy_timeout;
             let chunks = self.parts.chunks.clone();
             self.tasks.spawn(async move {
-                let r =
-                    tokio::time::timeout(timeout, copy(&chunks, &target, &source, &order.chunk))
-                        .await
-                        .unwrap_or_else(|_| Err("copy timed out".into()));
-                (order, r)
+                let copied = tokio::time::timeout(timeout, copy(&chunks, &target, &source, &batch))
+                    .await
+                    .unwrap_or_else(|_| vec![Err("copy timed out".into()); batch.len()]);
+                batch.into_iter().zip(copied).collect()
             });
         }
         st.queued.set(self.queue.len() as u64);
     }
 
-    fn finished(&mut self, done: Result<(Order, Result<(), String>), tokio::task::JoinError>) {
-        let Ok((order, result)) = done else {
+    fn finished(&mut self, done: Result<Copied, tokio::task::JoinError>) {
+        let Ok(results) = done else {
             return;
         };
+        for (order, result) in results {
+            self.finished_one(order, result);
+        }
+        self.start_queued();
+    }
+
+    fn finished_one(&mut self, order: Order, result: Result<(), String>) {
         self.in_flight.remove(&order.chunk);
         let st = self.parts.status.clone();
         st.in_flight.sub(1);
@@ -346,21 +358,72 @@ impl Worker {
                 self.queue.retain(|o| o.chunk != order.chunk);
             }
         }
-        self.start_queued();
     }
 }
 
-/// Orders `target` to pull `chunk` from `source`.
+/// Orders `target` to pull the chunks of `batch` from `source`: one result per order, in
+/// order.
 async fn copy(
     chunks: &crate::chunk_client::Dialer,
     target: &str,
     source: &str,
+    batch: &[Order],
+) -> Vec<Result<(), String>> {
+    let all = |why: String| vec![Err(why); batch.len()];
+    let mut client = match chunks.connect(target).await {
+        Ok(c) => c,
+        Err(e) => return all(format!("cannot reach {target}: {e}")),
+    };
+    let request = redcloud_proto::chunk::ReplicateChunksRequest {
+        source: source.to_owned(),
+        ids: batch
+            .iter()
+            .map(|o| Bytes::copy_from_slice(&o.chunk))
+            .collect(),
+    };
+    match client.replicate_chunks(request).await {
+        Ok(answer) => {
+            let outcomes = answer.into_inner().chunks;
+            if outcomes.len() != batch.len() {
+                return all(format!(
+                    "{target} answered {} of {} copies",
+                    outcomes.len(),
+                    batch.len()
+                ));
+            }
+            outcomes
+                .into_iter()
+                .map(|o| match o.stored {
+                    true => Ok(()),
+                    false => Err(format!(
+                        "{target} could not copy from {source}: {}",
+                        o.error
+                    )),
+                })
+                .collect()
+        }
+        // A chunkserver that predates ReplicateChunks.
+        Err(s) if s.code() == tonic::Code::Unimplemented => {
+            let mut results = Vec::with_capacity(batch.len());
+            for o in batch {
+                results.push(copy_one(&mut client, target, source, &o.chunk).await);
+            }
+            results
+        }
+        Err(s) => all(format!(
+            "{target} could not copy from {source}: {}",
+            s.message()
+        )),
+    }
+}
+
+/// Orders `target` to pull `chunk` from `source`, alone.
+async fn copy_one(
+    client: &mut crate::chunk_client::Client,
+    target: &str,
+    source: &str,
     chunk: &ChunkHash,
 ) -> Result<(), String> {
-    let mut client = chunks
-        .connect(target)
-        .await
-        .map_err(|e| format!("cannot reach {target}: {e}"))?;
     client
         .replicate_chunk(redcloud_proto::chunk::ReplicateChunkRequest {
             id: Bytes::copy_from_slice(chunk),
