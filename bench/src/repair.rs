@@ -135,10 +135,16 @@ pub async fn run(report: &mut Report, profile: Profile) -> Result<()> {
         total,
         count: profile.pick(16, 2),
     };
-    fill(report, &format!("{} MiB", total >> 20), large).await?;
+    let build = crate::build();
+    fill(
+        report,
+        &format!("{} MiB, {build} build", total >> 20),
+        large,
+    )
+    .await?;
     let count = profile.pick(4_000, 200);
     let small = Files::Small { count, size: 4096 };
-    fill(report, &format!("{count} x 4 KiB"), small).await
+    fill(report, &format!("{count} x 4 KiB, {build} build"), small).await
 }
 
 /// One case: upload `files`, start a new chunkserver, time its fill and the reference.
