@@ -2,7 +2,11 @@
 //! answers. Every refusal goes through [`crate::error`] so clients see one clear line.
 //!
 //! Memory is bounded: a chunk being written or read is buffered whole (at most
-//! `MAX_CHUNK_SIZE`), and at most [`MAX_TRANSFERS`] such buffers exist at once. A caller that
+//! `MAX_CHUNK_SIZE`), and at most [`MAX_TRANSFERS`] such buffers exist at once, plus
+//! [`MAX_PULLS`] for chunks being pulled from another chunkserver (ReplicateChunk(s)). The
+//! two are apart because a pull waits on the other server's transfers: two servers filling
+//! each other with all their transfers held by pulls would each wait for the other until the
+//! reads time out. Serving a read or a write waits on no other server. A caller that
 //! stops sending a write or stops taking a read's frames for [`STREAM_IDLE_TIMEOUT`] loses
 //! its stream and its buffer, so stalled callers cannot hold the transfer slots.
 
@@ -43,6 +47,8 @@ use crate::store::{
 
 /// Most chunk buffers (writes, reads, replications) held at once: 32 x 8 MiB = 256 MiB.
 pub const MAX_TRANSFERS: usize = 32;
+/// Most chunk buffers held at once by pulls from other chunkservers: 16 x 8 MiB = 128 MiB.
+pub const MAX_PULLS: usize = 16;
 /// Most chunks in one WriteChunks call (its bytes are limited to `MAX_CHUNK_SIZE`).
 pub const MAX_BATCH_CHUNKS: usize = 1_024;
 /// Most ids in one HasChunks request.
@@ -64,12 +70,23 @@ pub struct ChunkServiceImpl {
     node: NodeIdentity,
     lineage: Arc<Lineage>,
     transfers: Arc<Semaphore>,
+    /// Buffers of chunks pulled from other chunkservers (see the module docs).
+    pulls: Arc<Semaphore>,
     /// Who may call what: nodes of the cluster for internal calls, grant holders for reads
     /// and writes of one chunk.
     gate: Gate,
     /// Kept connections to other chunkservers (ReplicateChunk pulls from a source): a
     /// repair fill pulls many chunks from one source, each over the same connection.
     sources: ChunkPool,
+}
+
+/// `n` permits of `semaphore`, or UNAVAILABLE once it is closed (shutdown).
+async fn permits(semaphore: &Arc<Semaphore>, n: u32) -> Result<OwnedSemaphorePermit, Status> {
+    semaphore
+        .clone()
+        .acquire_many_owned(n)
+        .await
+        .map_err(|_| Status::unavailable("chunkserver is shutting down"))
 }
 
 type FrameStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -90,6 +107,7 @@ impl ChunkServiceImpl {
             node,
             lineage,
             transfers: Arc::new(Semaphore::new(MAX_TRANSFERS)),
+            pulls: Arc::new(Semaphore::new(MAX_PULLS)),
             gate,
             sources: ChunkPool::new(transport),
         }
@@ -126,11 +144,12 @@ impl ChunkServiceImpl {
     }
 
     async fn transfer_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
-        self.transfers
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Status::unavailable("chunkserver is shutting down"))
+        permits(&self.transfers, 1).await
+    }
+
+    /// Room for `n` chunks pulled from another chunkserver.
+    async fn pull_permits(&self, n: u32) -> Result<OwnedSemaphorePermit, Status> {
+        permits(&self.pulls, n).await
     }
 
     fn refuse(&self, why: Rejection, status: Status) -> Status {
@@ -517,7 +536,7 @@ impl ChunkService for ChunkServiceImpl {
                 size: info.size,
             }));
         }
-        let _permit = self.transfer_permit().await?;
+        let _permit = self.pull_permits(1).await?;
         let fetch = async {
             let mut source_client = self.sources.get(&source).await?;
             client::read_chunk(&mut source_client, id, &self.gate.node_metadata()).await

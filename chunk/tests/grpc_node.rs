@@ -186,6 +186,55 @@ async fn replicate_many_copies_each_chunk_and_answers_each_on_its_own() {
     target.stop().await;
 }
 
+/// Two chunkservers filling each other at once, with more batches than either has buffers:
+/// a pull waits on the other server's reads, so pulls must not take the buffers reads need
+/// (each side would wait for the other until the reads time out).
+#[tokio::test]
+async fn servers_filling_each_other_at_once_both_finish() {
+    let (a, b) = (start(None).await, start(None).await);
+    let none = tonic::metadata::MetadataMap::new();
+    const CALLS: u64 = 8;
+    const PER_CALL: u64 = 40;
+    // Every chunk is written first, so that all the calls start together.
+    let mut requests = Vec::new();
+    for (holder, puller, base) in [(&a, &b, 10_000), (&b, &a, 20_000)] {
+        let mut to_holder = holder.client().await;
+        for call in 0..CALLS {
+            let chunks: Vec<_> = (0..PER_CALL)
+                .map(|i| chunk(base + call * PER_CALL + i, 4096))
+                .collect();
+            for (id, bytes) in &chunks {
+                client::write_chunk(&mut to_holder, *id, bytes.clone(), &none)
+                    .await
+                    .unwrap();
+            }
+            let request = ReplicateChunksRequest {
+                source: holder.addr.clone(),
+                ids: chunks.iter().map(|(id, _)| wire(id)).collect(),
+            };
+            requests.push((puller.client().await, request));
+        }
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    for (mut to_puller, request) in requests {
+        calls.spawn(async move { to_puller.replicate_chunks(request).await });
+    }
+    let all = async {
+        let mut stored = 0;
+        while let Some(answer) = calls.join_next().await {
+            let answer = answer.unwrap().unwrap().into_inner();
+            stored += answer.chunks.iter().filter(|c| c.stored).count();
+        }
+        stored
+    };
+    let stored = tokio::time::timeout(DEADLINE, all)
+        .await
+        .expect("both fills finish in time");
+    assert_eq!(stored as u64, 2 * CALLS * PER_CALL);
+    a.stop().await;
+    b.stop().await;
+}
+
 /// A batch naming too many chunks, a malformed id or no source is refused whole, and nothing
 /// of it is copied.
 #[tokio::test]

@@ -8,8 +8,8 @@
 //! group instead of one per chunk. Each chunk is answered on its own: a chunk the source
 //! cannot give, or a group the store refuses, fails only its own chunks.
 //!
-//! Memory: the call holds `PIPELINE + 1` transfer permits (the reads in flight and the
-//! group), each standing for at most one chunk's worth of bytes.
+//! Memory: the call holds `PIPELINE + 1` pull permits (the reads in flight and the group),
+//! each standing for at most one chunk's worth of bytes.
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -103,12 +103,7 @@ impl ChunkServiceImpl {
 
         if !missing.is_empty() {
             // The reads in flight and the group being stored: each at most one chunk's worth.
-            let _permits = self
-                .transfers
-                .clone()
-                .acquire_many_owned(PIPELINE as u32 + 1)
-                .await
-                .map_err(|_| Status::unavailable("chunkserver is shutting down"))?;
+            let _permits = self.pull_permits(PIPELINE as u32 + 1).await?;
             self.pull(&source, missing, &mut answers).await;
         }
         let chunks = answers
