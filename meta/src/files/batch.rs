@@ -127,11 +127,16 @@ impl MetaStore {
         match written {
             Ok(((), commit)) => {
                 commits.push(commit);
-                for (i, name, head) in &o.heads {
-                    let file = self.file_at(id, &head.fkey, name).and_then(|f| {
-                        f.ok_or_else(|| MetaError::NotFound(format!("file {name:?}")))
+                // A local put on `heads` replaces every value this replica has, so the new
+                // version is the file's only head candidate: only its tags need reading.
+                for (i, name, head) in o.heads {
+                    let file = self.tags_of(id, &head.fkey).map(|tags| FileView {
+                        name,
+                        head: head.view,
+                        tags,
+                        conflicted: false,
                     });
-                    out[*i] = Some(file);
+                    out[i] = Some(file);
                 }
             }
             Err(e) => {
