@@ -102,6 +102,8 @@ struct Worker {
     parts: RepairParts,
     config: RepairConfig,
     tasks: JoinSet<Copied>,
+    /// The chunks of each running copy call, to release them if its task fails.
+    running: HashMap<tokio::task::Id, Vec<ChunkHash>>,
     in_flight: HashSet<ChunkHash>,
     backoff: HashMap<ChunkHash, Backoff>,
     /// Planned orders not started yet, fewest replicas first; refilled by every pass and
@@ -117,6 +119,7 @@ pub async fn run(parts: RepairParts, config: RepairConfig, mut shutdown: watch::
         parts,
         config,
         tasks: JoinSet::new(),
+        running: HashMap::new(),
         in_flight: HashSet::new(),
         backoff: HashMap::new(),
         queue: VecDeque::new(),
@@ -128,7 +131,7 @@ pub async fn run(parts: RepairParts, config: RepairConfig, mut shutdown: watch::
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = tick.tick() => w.pass().await,
-            Some(done) = w.tasks.join_next(), if !w.tasks.is_empty() => w.finished(done),
+            Some(done) = w.tasks.join_next_with_id(), if !w.tasks.is_empty() => w.finished(done),
         }
     }
     w.tasks.abort_all();
@@ -307,57 +310,71 @@ impl Worker {
             st.in_flight.add(batch.len() as u64);
             let timeout = self.config.copy_timeout;
             let chunks = self.parts.chunks.clone();
-            self.tasks.spawn(async move {
+            let ids = batch.iter().map(|o| o.chunk).collect();
+            let task = self.tasks.spawn(async move {
                 let copied = tokio::time::timeout(timeout, copy(&chunks, &target, &source, &batch))
                     .await
                     .unwrap_or_else(|_| vec![Err("copy timed out".into()); batch.len()]);
                 batch.into_iter().zip(copied).collect()
             });
+            self.running.insert(task.id(), ids);
         }
         st.queued.set(self.queue.len() as u64);
     }
 
-    fn finished(&mut self, done: Result<Copied, tokio::task::JoinError>) {
-        let Ok(results) = done else {
-            return;
-        };
-        for (order, result) in results {
-            self.finished_one(order, result);
-        }
-        self.start_queued();
-    }
-
-    fn finished_one(&mut self, order: Order, result: Result<(), String>) {
-        self.in_flight.remove(&order.chunk);
+    fn finished(&mut self, done: Result<(tokio::task::Id, Copied), tokio::task::JoinError>) {
         let st = self.parts.status.clone();
-        st.in_flight.sub(1);
-        match result {
-            Ok(()) => {
-                self.parts.directory.note_stored(&order.target, order.chunk);
-                st.done.inc();
-                self.parts.metrics.repair_done.inc();
-                self.backoff.remove(&order.chunk);
+        let results = match done {
+            Ok((id, results)) => {
+                self.running.remove(&id);
+                results
             }
             Err(e) => {
-                tracing::debug!(chunk = %hex::encode(order.chunk), target = %order.target,
-                    source = %order.source, error = %e, "repair copy failed");
-                st.failed.inc();
-                self.parts.metrics.repair_failed.inc();
-                let prev = self.backoff.get(&order.chunk).map(|b| b.delay);
-                let delay = prev
-                    .map(|d| (d * 2).min(self.config.backoff_max))
-                    .unwrap_or(self.config.backoff_min);
-                self.backoff.insert(
-                    order.chunk,
-                    Backoff {
-                        until: Instant::now() + delay,
-                        delay,
-                    },
-                );
-                // Other orders for this chunk wait for the backoff too.
-                self.queue.retain(|o| o.chunk != order.chunk);
+                // The task panicked: its chunks are free for the next pass to order again.
+                tracing::error!(error = %e, "a repair copy task failed");
+                for chunk in self.running.remove(&e.id()).unwrap_or_default() {
+                    self.in_flight.remove(&chunk);
+                    st.in_flight.sub(1);
+                }
+                Vec::new()
+            }
+        };
+        let mut failed = HashSet::new();
+        for (order, result) in results {
+            self.in_flight.remove(&order.chunk);
+            st.in_flight.sub(1);
+            match result {
+                Ok(()) => {
+                    self.parts.directory.note_stored(&order.target, order.chunk);
+                    st.done.inc();
+                    self.parts.metrics.repair_done.inc();
+                    self.backoff.remove(&order.chunk);
+                }
+                Err(e) => {
+                    tracing::debug!(chunk = %hex::encode(order.chunk), target = %order.target,
+                        source = %order.source, error = %e, "repair copy failed");
+                    st.failed.inc();
+                    self.parts.metrics.repair_failed.inc();
+                    let prev = self.backoff.get(&order.chunk).map(|b| b.delay);
+                    let delay = prev
+                        .map(|d| (d * 2).min(self.config.backoff_max))
+                        .unwrap_or(self.config.backoff_min);
+                    self.backoff.insert(
+                        order.chunk,
+                        Backoff {
+                            until: Instant::now() + delay,
+                            delay,
+                        },
+                    );
+                    failed.insert(order.chunk);
+                }
             }
         }
+        // Other orders for the failed chunks wait for their backoff too.
+        if !failed.is_empty() {
+            self.queue.retain(|o| !failed.contains(&o.chunk));
+        }
+        self.start_queued();
     }
 }
 
