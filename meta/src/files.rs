@@ -493,11 +493,26 @@ impl MetaStore {
         after: Option<Timestamp>,
     ) -> Result<(VersionView, Commit), MetaError> {
         self.check_new_version(owner, name, &version)?;
+        let head = self.prepare_head(owner, name, version, after, wall_ms)?;
         let id = self.file_doc(owner, name);
-        let state = self.head_state(id, &file_key(owner, name))?;
+        let ((), commit) = self.commit(id, head.time, |tx, m| head.put(tx, m))?;
+        Ok((head.view, commit))
+    }
+
+    /// The new head of `(owner, name)`, succeeding its current head candidates, at a fresh
+    /// timestamp.
+    fn prepare_head(
+        &mut self,
+        owner: &str,
+        name: &str,
+        version: NewVersion,
+        after: Option<Timestamp>,
+        wall_ms: u64,
+    ) -> Result<NewHead, MetaError> {
+        let state = self.head_state(self.file_doc(owner, name), &file_key(owner, name))?;
         let time = self.next_timestamp(wall_ms, after)?;
         let (content, tags) = Self::content(version, time);
-        self.write_head(owner, name, time, state.as_ref(), content, &tags)
+        Ok(self.new_head(owner, name, time, state.as_ref(), content, &tags))
     }
 
     /// Delete `(owner, name)`: a new tombstone head. `NotFound` if the file is not live.

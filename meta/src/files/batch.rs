@@ -60,6 +60,7 @@ impl MetaStore {
             }
             let id = self.file_doc(owner, &name);
             let fkey = file_key(owner, &name);
+            // Named twice: the first version is written before the second reads the head.
             if let Some(o) = open.remove(&id) {
                 if o.fkeys.contains(&fkey) {
                     self.write_heads(id, o, &mut out, &mut commits);
@@ -67,17 +68,8 @@ impl MetaStore {
                     open.insert(id, o);
                 }
             }
-            let head = match self.head_state(id, &fkey) {
-                Ok(state) => match self.next_timestamp(wall_ms, after) {
-                    Ok(time) => {
-                        let (content, tags) = Self::content(version, time);
-                        self.new_head(owner, &name, time, state.as_ref(), content, &tags)
-                    }
-                    Err(e) => {
-                        out[i] = Some(Err(e));
-                        continue;
-                    }
-                },
+            let head = match self.prepare_head(owner, &name, version, after, wall_ms) {
+                Ok(head) => head,
                 Err(e) => {
                     out[i] = Some(Err(e));
                     continue;
