@@ -2,7 +2,7 @@
 //! metadata for 100k and 1M files.
 //!
 //! The files are added through `MetaStore::add_version` on in-memory storage (fast to fill);
-//! one file in [`RARE_EVERY`] also carries the tag `rare`, and `MetaStore::list` of that tag
+//! one file in `RARE_EVERY` also carries the tag `rare`, and `MetaStore::list` of that tag
 //! is timed (ten calls, then one after a new file): what a user's `list rare` costs the
 //! metadata thread when the tag is selective; and so is what `status` reads (the live file
 //! count and the conflict counts), first, second and after the new file. The load child times

@@ -11,9 +11,11 @@
 //!   stores nothing.
 //! - **Read**: the store re-hashes the chunk before returning it; a copy that fails is deleted
 //!   and the client gets DATA_LOSS. The service streams the requested range in frames.
-//! - **Replicate**: on a controller's order the server pulls a chunk from another chunkserver
-//!   with the [`client`] helpers over a kept connection ([`pool`]), verifies it and stores it
-//!   like a write.
+//! - **Replicate**: on a controller's order the server pulls chunks from another chunkserver
+//!   with the [`client`] helpers over a kept connection ([`pool`]), verifies them and stores
+//!   them like writes: one chunk per ReplicateChunk, or many per ReplicateChunks, read a few
+//!   at a time and stored in groups with one synced write each. Pulls have their own buffer
+//!   budget, apart from the one reads and writes use.
 //! - **Scrub**: [`scrub::ScrubWorker`] re-reads every chunk at a bounded byte rate, so
 //!   bit rot is found (and the bad copy dropped) before anyone needs the chunk.
 //! - **Report**: `Info` gives capacity, usage, chunk count, the inventory digest (XOR of all

@@ -5,7 +5,7 @@
 //! Everything here is in memory only. [`crate::MetaStore::open`] builds each document's
 //! state in one pass over its maps. After that it is kept up to date from the changes
 //! themselves: every change, local or replicated, by whatever path it arrived, is written to
-//! storage by `MetaStore::persist`, which hands the same bytes to [`Derived::advance`]. The
+//! storage by `MetaStore::persist`, which hands the same bytes to `Derived::advance`. The
 //! map keys those changes' operations touch are exactly the keys whose values may differ
 //! (documents are flat: every operation puts or deletes one key of one genesis map).
 //! `advance` only notes them, so a write pays for decoding its own change; the next read

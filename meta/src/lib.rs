@@ -2,7 +2,8 @@
 //! Automerge documents that replicate between controllers with no leader.
 //!
 //! Data flow: the service calls a [`store::MetaStore`] operation (say
-//! [`store::MetaStore::add_version`]); the store validates the input, ticks its hybrid logical
+//! [`store::MetaStore::add_version`], or `add_versions` for a batch, which puts the files of
+//! one document in one change); the store validates the input, ticks its hybrid logical
 //! clock ([`hlc`]), writes a flat record into a document ([`document`]), persists the change
 //! ([`storage`]) and returns a [`store::Commit`] for the replication layer to push. Peers
 //! apply commits and run anti-entropy sync through [`replica`]. Queries read the documents
@@ -25,7 +26,8 @@
 //!   which feeds the soft-state [`directory`] (liveness, usage, who holds which chunk, kept by
 //!   [`registry`]), and the admin API.
 //! - [`repair`] plans ([`repair::plan`], with [`placement`] and [`rendezvous`] ownership),
-//!   orders chunk copies and retires drained servers on proof ([`repair::drain`]);
+//!   orders chunk copies in batches per target and source ([`repair::batch`]) and retires
+//!   drained servers on proof ([`repair::drain`]);
 //!   [`collector`] purges the trash and deletes orphans as [`gc`] plans them. Every
 //!   destructive action first asks [`proof`] whether this controller's view is the cluster's.
 //! - [`clock`] is each node's wall clock, corrected by the cluster's ([`skew`]); [`live`] the

@@ -1,6 +1,6 @@
 //! Replication hooks, independent of the transport.
 //!
-//! - Eager push: every mutation returns a [`Commit`]; peers feed its bytes to
+//! - Eager push: every mutation returns a [`crate::store::Commit`]; peers feed its bytes to
 //!   [`MetaStore::apply_changes`], in any order, with duplicates and losses. Changes whose
 //!   dependencies are missing wait in a bounded per-document queue.
 //! - Anti-entropy: [`MetaStore::digest`] tells two replicas whether they differ at all;

@@ -7,7 +7,7 @@
 //! write-ahead log unsynced, and one [`DocStorage::sync`] makes a whole batch durable before
 //! any of it is acknowledged.
 //! Compaction replaces the snapshot and drops the increments in one atomic batch. Two
-//! implementations pass the same [`conformance`] suite: RocksDB for controllers and an
+//! implementations pass the same `conformance` suite: RocksDB for controllers and an
 //! in-memory store for tests.
 
 use std::collections::BTreeMap;

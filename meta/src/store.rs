@@ -388,7 +388,7 @@ impl MetaStore {
         Ok(())
     }
 
-    /// From now on, documents are saved on a worker thread ([`crate::compactor`]) instead of
+    /// From now on, documents are saved on a worker thread (`compactor`) instead of
     /// on the thread that owns this store, which only clones them. The owner thread of a
     /// controller turns it on; a store without it compacts inline.
     pub fn compact_in_background(&mut self) {

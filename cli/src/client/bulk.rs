@@ -4,7 +4,7 @@
 //! When one command uploads many files, each file still plans and commits on its own, but its
 //! PlanUpload and CommitFile go to a [`Bulk`] queue instead of the controller. A task per kind
 //! sends whatever is waiting as one call (at most [`MAX_FILES`] files), with at most
-//! [`IN_FLIGHT`] calls of that kind at once: the requests that arrive while a call runs make up
+//! `IN_FLIGHT` calls of that kind at once: the requests that arrive while a call runs make up
 //! the next one, so batches grow with the load (group commit) and a lone file is never held
 //! back waiting for company.
 //!
@@ -125,8 +125,8 @@ impl Bulk {
 }
 
 /// Chunk writes to chunkservers, the small ones sent together: one queue per chunkserver, whose task
-/// sends what is waiting as one WriteChunks call (at most [`SMALL_BATCH_BYTES`] and the
-/// server's limit of chunks), [`IN_FLIGHT`] calls at once. A chunkserver without WriteChunks
+/// sends what is waiting as one WriteChunks call (at most `SMALL_BATCH_BYTES` and the
+/// server's limit of chunks), `IN_FLIGHT` calls at once. A chunkserver without WriteChunks
 /// (an older version) gets one WriteChunk per chunk.
 #[derive(Debug, Clone)]
 pub struct ChunkWrites {

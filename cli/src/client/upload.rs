@@ -44,8 +44,8 @@ use redcloud_chunk::pool::ChunkPool;
 /// Chunks written at the same time by one upload.
 const PARALLEL_CHUNKS: usize = 4;
 /// Files uploaded at the same time by [`upload_many`]. Small files are latency-bound (a few
-/// round trips each), so many go at once; memory stays bounded by [`IN_FLIGHT_BYTES`] and
-/// [`PARALLEL_CHUNKING`].
+/// round trips each), so many go at once; memory stays bounded by `IN_FLIGHT_BYTES` and
+/// `PARALLEL_CHUNKING`.
 pub const PARALLEL_FILES: usize = 256;
 /// Files larger than one chunk being chunked at the same time (each needs the chunker's
 /// buffers, about 5 MiB, and a core).
