@@ -33,7 +33,7 @@ use crate::vv::VersionVector;
 
 mod batch;
 
-pub use batch::{MAX_CHANGE_BYTES, MAX_FILES_PER_CHANGE, NewFile};
+pub use batch::NewFile;
 
 /// Most files purged from one document per call, so one purge change stays far below the
 /// replication message limit.
@@ -144,9 +144,10 @@ impl HeadState {
     }
 }
 
-/// A head version ready to be written: what [`MetaStore::write_head`] puts in one change, and
-/// what a batch of adds puts many of in one.
+/// A head version ready to be written: [`MetaStore::write_head`] puts one in a change of its
+/// own, a batch of adds many in one change per document.
 pub(crate) struct NewHead {
+    doc: DocId,
     fkey: String,
     vid: String,
     /// The encoded [`VersionRecord`].
@@ -381,19 +382,9 @@ impl MetaStore {
             .is_some())
     }
 
-    /// Write a new head version of `(owner, name)`: record, head put, tags.
-    fn write_head(
-        &mut self,
-        owner: &str,
-        name: &str,
-        time: Timestamp,
-        state: Option<&HeadState>,
-        content: VersionRecord,
-        tags: &[String],
-    ) -> Result<(VersionView, Commit), MetaError> {
-        let id = self.file_doc(owner, name);
-        let head = self.new_head(owner, name, time, state, content, tags);
-        let ((), commit) = self.commit(id, time, |tx, m| head.put(tx, m))?;
+    /// Writes `head` in a change of its own: record, head put, tags.
+    fn write_head(&mut self, head: NewHead) -> Result<(VersionView, Commit), MetaError> {
+        let ((), commit) = self.commit(head.doc, head.time, |tx, m| head.put(tx, m))?;
         Ok((head.view, commit))
     }
 
@@ -418,6 +409,7 @@ impl MetaStore {
         };
         let vid = new_vid(time);
         NewHead {
+            doc: self.file_doc(owner, name),
             fkey: file_key(owner, name),
             record: rec.encode(),
             view: view(&vid, &rec, true, true),
@@ -462,25 +454,6 @@ impl MetaStore {
         Ok(())
     }
 
-    /// The checked new version's record, before `new_head` gives it its history.
-    fn content(version: NewVersion, time: Timestamp) -> (VersionRecord, Vec<String>) {
-        let content = VersionRecord {
-            size: version.size,
-            blake3: version.blake3,
-            chunks: version
-                .chunks
-                .iter()
-                .map(|&(hash, len)| ChunkRef { hash, len })
-                .collect(),
-            created: time,
-            vv: VersionVector::new(),
-            origin: String::new(),
-            deleted: false,
-            restored_from: None,
-        };
-        (content, version.tags)
-    }
-
     /// Add a new version of `(owner, name)` (creating the file). `after` is a timestamp the
     /// client has already seen (say, its previous acknowledged write): the new version gets a
     /// later one even if this controller's clock is behind.
@@ -494,9 +467,7 @@ impl MetaStore {
     ) -> Result<(VersionView, Commit), MetaError> {
         self.check_new_version(owner, name, &version)?;
         let head = self.prepare_head(owner, name, version, after, wall_ms)?;
-        let id = self.file_doc(owner, name);
-        let ((), commit) = self.commit(id, head.time, |tx, m| head.put(tx, m))?;
-        Ok((head.view, commit))
+        self.write_head(head)
     }
 
     /// The new head of `(owner, name)`, succeeding its current head candidates, at a fresh
@@ -511,8 +482,21 @@ impl MetaStore {
     ) -> Result<NewHead, MetaError> {
         let state = self.head_state(self.file_doc(owner, name), &file_key(owner, name))?;
         let time = self.next_timestamp(wall_ms, after)?;
-        let (content, tags) = Self::content(version, time);
-        Ok(self.new_head(owner, name, time, state.as_ref(), content, &tags))
+        let content = VersionRecord {
+            size: version.size,
+            blake3: version.blake3,
+            chunks: version
+                .chunks
+                .iter()
+                .map(|&(hash, len)| ChunkRef { hash, len })
+                .collect(),
+            created: time,
+            vv: VersionVector::new(),
+            origin: String::new(),
+            deleted: false,
+            restored_from: None,
+        };
+        Ok(self.new_head(owner, name, time, state.as_ref(), content, &version.tags))
     }
 
     /// Delete `(owner, name)`: a new tombstone head. `NotFound` if the file is not live.
@@ -542,7 +526,7 @@ impl MetaStore {
             deleted: true,
             restored_from: None,
         };
-        self.write_head(owner, name, time, state.as_ref(), tombstone, &[])
+        self.write_head(self.new_head(owner, name, time, state.as_ref(), tombstone, &[]))
     }
 
     /// Make a copy of version `vid` the new head (roll back, or undelete a deleted file).
@@ -573,7 +557,7 @@ impl MetaStore {
             restored_from: Some(vid.to_owned()),
             ..source
         };
-        self.write_head(owner, name, time, state.as_ref(), content, &[])
+        self.write_head(self.new_head(owner, name, time, state.as_ref(), content, &[]))
     }
 
     /// End a conflict: a new head with the content of candidate `vid` (a tombstone candidate
@@ -608,7 +592,7 @@ impl MetaStore {
             restored_from: Some(vid.to_owned()),
             ..source
         };
-        self.write_head(owner, name, time, Some(&state), content, &[])
+        self.write_head(self.new_head(owner, name, time, Some(&state), content, &[]))
     }
 
     /// Add tags to a live file. Always writes (even a tag already present), so a concurrent

@@ -61,12 +61,9 @@ impl MetaStore {
             let id = self.file_doc(owner, &name);
             let fkey = file_key(owner, &name);
             // Named twice: the first version is written before the second reads the head.
-            if let Some(o) = open.remove(&id) {
-                if o.fkeys.contains(&fkey) {
-                    self.write_heads(id, o, &mut out, &mut commits);
-                } else {
-                    open.insert(id, o);
-                }
+            if open.get(&id).is_some_and(|o| o.fkeys.contains(&fkey)) {
+                let o = open.remove(&id).expect("checked above");
+                self.write_heads(id, o, &mut out, &mut commits);
             }
             let head = match self.prepare_head(owner, &name, version, after, wall_ms) {
                 Ok(head) => head,
