@@ -12,7 +12,7 @@
 
 mod replicate;
 
-pub use replicate::{MAX_REPLICATE_IDS, PIPELINE as REPLICATE_PIPELINE};
+pub use replicate::MAX_REPLICATE_IDS;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -165,11 +165,22 @@ impl ChunkServiceImpl {
                 self.count_write(outcome, size);
                 Ok(outcome)
             }
-            Err(e) => {
-                tracing::info!(chunk = %id, error = %e, "write refused");
-                self.count_refusal(&e);
-                Err(store_status(e, Some(&id)))
+            Err(e) => Err(self.refused_write(e, Some(&id))),
+        }
+    }
+
+    /// Stores `batch` in one durable write (all or nothing), counting the outcomes.
+    async fn store_many(&self, batch: Vec<(ChunkId, Bytes)>) -> Result<Vec<PutOutcome>, Status> {
+        let sizes: Vec<u64> = batch.iter().map(|(_, b)| b.len() as u64).collect();
+        match self.blocking(move |store| store.put_many(&batch)).await? {
+            Ok(outcomes) => {
+                for (&outcome, size) in outcomes.iter().zip(sizes) {
+                    self.count_write(outcome, size);
+                }
+                Ok(outcomes)
             }
+            // A hash mismatch names its chunk; nothing of the batch was stored.
+            Err(e) => Err(self.refused_write(e, None)),
         }
     }
 
@@ -184,11 +195,17 @@ impl ChunkServiceImpl {
         }
     }
 
-    /// Counts a write the store refused, under its rejection counter if it has one.
-    fn count_refusal(&self, e: &StoreError) {
-        if let Some(why) = rejection_of(e) {
+    /// A write the store refused: logged, counted under its rejection counter if it has one,
+    /// and turned into the caller's status.
+    fn refused_write(&self, e: StoreError, id: Option<&ChunkId>) -> Status {
+        match id {
+            Some(id) => tracing::info!(chunk = %id, error = %e, "write refused"),
+            None => tracing::info!(error = %e, "batch write refused"),
+        }
+        if let Some(why) = rejection_of(&e) {
             self.metrics.reject(why);
         }
+        store_status(e, id)
     }
 
     /// Collects the data frames of a WriteChunk stream: exactly `size` bytes, or an error.
@@ -331,25 +348,12 @@ impl ChunkService for ChunkServiceImpl {
         // The call's bytes (at most one chunk's worth) count as one transfer.
         let _permit = self.transfer_permit().await?;
         let _in_progress = Gauge::raise(&self.metrics.writes_in_progress);
-        let sizes: Vec<u64> = batch.iter().map(|(_, b)| b.len() as u64).collect();
-        match self.blocking(move |store| store.put_many(&batch)).await? {
-            Ok(outcomes) => {
-                for (&outcome, size) in outcomes.iter().zip(sizes) {
-                    self.count_write(outcome, size);
-                }
-                let already_present = outcomes
-                    .iter()
-                    .map(|&o| o == PutOutcome::AlreadyPresent)
-                    .collect();
-                Ok(Response::new(WriteChunksResponse { already_present }))
-            }
-            Err(e) => {
-                tracing::info!(error = %e, "batch write refused");
-                self.count_refusal(&e);
-                // A hash mismatch names its chunk; nothing of the call was stored.
-                Err(store_status(e, None))
-            }
-        }
+        let outcomes = self.store_many(batch).await?;
+        let already_present = outcomes
+            .iter()
+            .map(|&o| o == PutOutcome::AlreadyPresent)
+            .collect();
+        Ok(Response::new(WriteChunksResponse { already_present }))
     }
 
     type ReadChunkStream = FrameStream<ReadChunkResponse>;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{DEADLINE, chunk, has, start, start_with, wait_until, wire};
 use redcloud_chunk::client::{self, ClientError};
+use redcloud_chunk::id::ChunkId;
 use redcloud_chunk::scrub::ScrubConfig;
 use redcloud_chunk::{ChunkserverConfig, run};
 use redcloud_proto::chunk::{
@@ -17,6 +18,16 @@ use redcloud_proto::chunk::{
 use redcloud_proto::transport::Transport;
 use tokio::net::TcpListener;
 use tonic::Code;
+
+/// Writes every chunk of `chunks` to `client`'s server.
+async fn write_all(client: &mut client::ChunkClient, chunks: &[(ChunkId, bytes::Bytes)]) {
+    let none = tonic::metadata::MetadataMap::new();
+    for (id, bytes) in chunks {
+        client::write_chunk(client, *id, bytes.clone(), &none)
+            .await
+            .unwrap();
+    }
+}
 
 async fn info(client: &mut client::ChunkClient) -> InfoResponse {
     client.info(InfoRequest {}).await.unwrap().into_inner()
@@ -88,11 +99,7 @@ async fn replication_from_one_source_keeps_one_connection() {
     let chunks: Vec<_> = (0..6).map(|seed| chunk(40 + seed, 100_000)).collect();
     let mut to_source = source.client().await;
     let none = tonic::metadata::MetadataMap::new();
-    for (id, bytes) in &chunks {
-        client::write_chunk(&mut to_source, *id, bytes.clone(), &none)
-            .await
-            .unwrap();
-    }
+    write_all(&mut to_source, &chunks).await;
     let mut client = target.client().await;
     for (id, bytes) in &chunks {
         let request = ReplicateChunkRequest {
@@ -130,11 +137,7 @@ async fn replicate_many_copies_each_chunk_and_answers_each_on_its_own() {
     chunks.push(chunk(2000, 3 << 20));
     chunks.push(chunk(2001, 5 << 20));
     let mut to_source = source.client().await;
-    for (id, bytes) in &chunks {
-        client::write_chunk(&mut to_source, *id, bytes.clone(), &none)
-            .await
-            .unwrap();
-    }
+    write_all(&mut to_source, &chunks).await;
     let mut client = target.client().await;
     let (held, _) = &chunks[7];
     client::write_chunk(&mut client, *held, chunks[7].1.clone(), &none)
@@ -197,17 +200,16 @@ async fn servers_filling_each_other_at_once_both_finish() {
     const PER_CALL: u64 = 40;
     // Every chunk is written first, so that all the calls start together.
     let mut requests = Vec::new();
-    for (holder, puller, base) in [(&a, &b, 10_000), (&b, &a, 20_000)] {
+    // What each puller must end up holding: its index in [a, b], id and bytes.
+    let mut expected = Vec::new();
+    for (holder, puller, puller_index, base) in [(&a, &b, 1, 10_000), (&b, &a, 0, 20_000)] {
         let mut to_holder = holder.client().await;
         for call in 0..CALLS {
             let chunks: Vec<_> = (0..PER_CALL)
                 .map(|i| chunk(base + call * PER_CALL + i, 4096))
                 .collect();
-            for (id, bytes) in &chunks {
-                client::write_chunk(&mut to_holder, *id, bytes.clone(), &none)
-                    .await
-                    .unwrap();
-            }
+            write_all(&mut to_holder, &chunks).await;
+            expected.extend(chunks.iter().map(|c| (puller_index, c.clone())));
             let request = ReplicateChunksRequest {
                 source: holder.addr.clone(),
                 ids: chunks.iter().map(|(id, _)| wire(id)).collect(),
@@ -231,6 +233,11 @@ async fn servers_filling_each_other_at_once_both_finish() {
         .await
         .expect("both fills finish in time");
     assert_eq!(stored as u64, 2 * CALLS * PER_CALL);
+    let mut clients = [a.client().await, b.client().await];
+    for (puller, (id, bytes)) in &expected {
+        let copy = client::read_chunk(&mut clients[*puller], *id, &none).await;
+        assert_eq!(&copy.unwrap(), bytes, "chunk {id} on its puller");
+    }
     a.stop().await;
     b.stop().await;
 }

@@ -184,14 +184,9 @@ impl ChunkServiceImpl {
             .map(|(i, id, bytes)| (i, (id, bytes)))
             .unzip();
         let sizes: Vec<u64> = batch.iter().map(|(_, b)| b.len() as u64).collect();
-        let written = self
-            .blocking(move |store| store.put_many(&batch))
-            .await
-            .and_then(|r| r.map_err(|e| self.stored_refusal(e)));
-        match written {
+        match self.store_many(batch).await {
             Ok(outcomes) => {
                 for ((i, outcome), size) in places.into_iter().zip(outcomes).zip(sizes) {
-                    self.count_write(outcome, size);
                     answers[i] = Some(stored(size, outcome == PutOutcome::AlreadyPresent));
                 }
             }
@@ -201,12 +196,5 @@ impl ChunkServiceImpl {
                 }
             }
         }
-    }
-
-    /// A store refusal of a replicated group, counted and logged.
-    fn stored_refusal(&self, e: crate::store::StoreError) -> Status {
-        tracing::info!(error = %e, "replicated chunks refused by the store");
-        self.count_refusal(&e);
-        store_status(e, None)
     }
 }
