@@ -99,6 +99,33 @@ async fn small_files(
     .await
 }
 
+/// Uploads `files` with `tag` in one `upload_many` (one `redcloud add` of many files); an
+/// error if any file failed.
+pub(crate) async fn upload_all(
+    controllers: &mut Controllers,
+    session: &mut Session,
+    files: &[(PathBuf, String)],
+    tag: &str,
+) -> Result<()> {
+    let options = upload::UploadOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    let results = upload::upload_many(
+        controllers,
+        session,
+        files,
+        &[tag.to_string()],
+        &options,
+        |_, _| {},
+    )
+    .await?;
+    match results.into_iter().find_map(Result::err) {
+        Some(e) => Err(e.context("uploading the small files")),
+        None => Ok(()),
+    }
+}
+
 /// Whether two files hold the same bytes, compared 1 MiB at a time.
 fn same_bytes(a: &Path, b: &Path) -> Result<bool> {
     use std::io::Read;
@@ -256,27 +283,12 @@ pub async fn run(report: &mut Report, profile: Profile) -> Result<()> {
     let (d, copy) = (work.path().join("small0"), work.path().join("small-copy"));
     settle().await?;
     let reference = blocking(move || median(3, || copy_dir_synced(&d, &copy))).await?;
-    let options = upload::UploadOptions {
-        quiet: true,
-        ..Default::default()
-    };
     let mut takes = Vec::with_capacity(ROUNDS);
     for files in &sets {
         settle().await?;
         let start = Instant::now();
-        let results = upload::upload_many(
-            &mut controllers,
-            &mut session,
-            files,
-            &["small".to_string()],
-            &options,
-            |_, _| {},
-        )
-        .await?;
+        upload_all(&mut controllers, &mut session, files, "small").await?;
         takes.push(start.elapsed());
-        if let Some(e) = results.into_iter().find_map(Result::err) {
-            return Err(e.context("uploading the small files"));
-        }
     }
     takes.sort();
     let took = takes[ROUNDS / 2];

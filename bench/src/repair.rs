@@ -208,22 +208,7 @@ async fn fill(report: &mut Report, case: &str, files: Files) -> Result<()> {
             }
         }
         Files::Small { .. } => {
-            let options = upload::UploadOptions {
-                quiet: true,
-                ..Default::default()
-            };
-            let results = upload::upload_many(
-                &mut controllers,
-                &mut session,
-                &paths,
-                &["t".to_string()],
-                &options,
-                |_, _| {},
-            )
-            .await?;
-            if let Some(e) = results.into_iter().find_map(Result::err) {
-                return Err(e.context("uploading the small files"));
-            }
+            crate::data_path::upload_all(&mut controllers, &mut session, &paths, "t").await?;
         }
     }
     let uploaded = upload_start.elapsed();

@@ -124,10 +124,10 @@ impl Bulk {
     }
 }
 
-/// Chunk writes to chunkservers, the small ones sent together: one queue per chunkserver, whose task
-/// sends what is waiting as one WriteChunks call (at most `SMALL_BATCH_BYTES` and the
-/// server's limit of chunks), `IN_FLIGHT` calls at once. A chunkserver without WriteChunks
-/// (an older version) gets one WriteChunk per chunk.
+/// Chunk writes to chunkservers, the small ones sent together: one queue per chunkserver,
+/// whose task sends what is waiting as one WriteChunks call (at most `SMALL_BATCH_BYTES` and
+/// the server's limit of chunks), `IN_FLIGHT` calls at once. A chunkserver without
+/// WriteChunks (an older version) gets one WriteChunk per chunk.
 #[derive(Debug, Clone)]
 pub struct ChunkWrites {
     pool: ChunkPool,

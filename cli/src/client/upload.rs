@@ -16,8 +16,8 @@
 //! connections, so a small file costs its round trips' latency once per batch of files rather
 //! than once per file, and their plans and commits go to the controller in batches
 //! ([`Bulk`]), so they share calls, HasChunks and fsyncs. Small chunks go to each
-//! chunkserver in WriteChunks batches ([`ChunkWrites`]), so they
-//! share calls and the chunkserver's synced write too.
+//! chunkserver in WriteChunks batches ([`ChunkWrites`]), so they share calls and the
+//! chunkserver's synced write too.
 //! Chunk bodies in flight are bounded in bytes across all of them.
 
 use std::collections::HashMap;
