@@ -10,20 +10,40 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use redcloud_chunk::store::WRITE_ONCE_MIN;
 use redcloud_chunk::store::conformance::test_chunk;
 use redcloud_chunk::{ChunkId, ChunkStore, RocksOptions, RocksStore};
 
 /// Set in the child's environment to the store directory.
 const CHILD_ENV: &str = "REDCLOUD_CRASH_TEST_DIR";
-/// Acknowledged writes the parent waits for before killing the child.
-const ACKS_BEFORE_KILL: usize = 25;
-/// Most chunks the child writes (about 60 MB) if nobody kills it.
+/// Acknowledged writes the parent waits for before killing the child: the last lone chunk
+/// before a batch, so the kill most likely lands while that batch is being written once.
+const ACKS_BEFORE_KILL: usize = 30;
+/// Most chunks the child writes (about 130 MB) if nobody kills it.
 const CHILD_MAX_CHUNKS: u64 = 200;
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Chunk number `i`: sizes vary across the blob-file threshold.
+/// Chunks written together in one `put_many`, for the groups [`in_batch`] names.
+const BATCH: u64 = 6;
+// A batch of 1 MiB chunks is past the write-once threshold.
+const _: () = assert!(BATCH * (1 << 20) >= WRITE_ONCE_MIN);
+
+/// Whether chunk `i` is written in a batch of [`BATCH`] 1 MiB chunks: every other group, so
+/// the kill can land in a lone put (through the WAL) or in a batch written once (no WAL, a
+/// flush before the info).
+fn in_batch(i: u64) -> bool {
+    (i / BATCH) % 2 == 1
+}
+
+/// Chunk number `i`: lone chunks vary across the blob-file threshold; batched ones are
+/// 1 MiB, so a batch is past the write-once threshold.
 fn chunk_bytes(i: u64) -> Vec<u8> {
-    test_chunk(i, 16 * 1024 + (i as usize % 8) * 70 * 1024)
+    if in_batch(i) {
+        test_chunk(i, 1 << 20)
+    } else {
+        test_chunk(i, 16 * 1024 + (i as usize % 8) * 70 * 1024)
+    }
 }
 
 #[test]
@@ -35,13 +55,26 @@ fn crash_child_writer() {
     };
     let store = RocksStore::open(Path::new(&dir), RocksOptions::default()).unwrap();
     let mut out = std::io::stdout().lock();
-    for i in 0..CHILD_MAX_CHUNKS {
-        let bytes = chunk_bytes(i);
-        let id = ChunkId::of(&bytes);
-        store.put(&id, &bytes).unwrap();
-        // Printed only after put returned: each line is an acknowledgement.
-        writeln!(out, "ACK {i} {id}").unwrap();
+    let mut i = 0;
+    while i < CHILD_MAX_CHUNKS {
+        let n = if in_batch(i) { BATCH } else { 1 };
+        let chunks: Vec<(ChunkId, Bytes)> = (i..i + n)
+            .map(|j| {
+                let bytes = chunk_bytes(j);
+                (ChunkId::of(&bytes), Bytes::from(bytes))
+            })
+            .collect();
+        if n == 1 {
+            store.put(&chunks[0].0, &chunks[0].1).unwrap();
+        } else {
+            store.put_many(&chunks).unwrap();
+        }
+        // Printed only after the put returned: each line is an acknowledgement.
+        for (j, (id, _)) in (i..).zip(&chunks) {
+            writeln!(out, "ACK {j} {id}").unwrap();
+        }
         out.flush().unwrap();
+        i += n;
     }
 }
 

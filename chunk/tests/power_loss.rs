@@ -5,6 +5,7 @@
 
 mod common;
 
+use redcloud_chunk::store::WRITE_ONCE_MIN;
 use redcloud_chunk::{ChunkId, ChunkStore, RocksOptions, RocksStore};
 
 #[test]
@@ -16,7 +17,8 @@ fn every_acknowledged_chunk_survives_a_power_cut() {
     let mut mount = lazyfs::Mount::new(dir.path()).expect("mount lazyfs");
     let mut acked: Vec<(ChunkId, bytes::Bytes)> = Vec::new();
     // Three power cuts, each after a different amount of work, with small and large chunks
-    // (large ones go to blob files) and deletes in between.
+    // (large ones go to blob files), lone puts (through the WAL) and a batch big enough to
+    // be written once (no WAL, a flush before its info is written).
     for (round, n) in [(0u64, 40usize), (1, 7), (2, 25)] {
         let path = mount.path().join("store");
         let store = RocksStore::open(&path, RocksOptions::default()).expect("open after the cut");
@@ -33,6 +35,12 @@ fn every_acknowledged_chunk_survives_a_power_cut() {
             store.put(&id, &data).expect("put");
             acked.push((id, data));
         }
+        let batch: Vec<_> = (0..6)
+            .map(|i| common::chunk(round * 1000 + 500 + i, 1 << 20))
+            .collect();
+        assert!(batch.len() as u64 * (1 << 20) >= WRITE_ONCE_MIN);
+        store.put_many(&batch).expect("put_many");
+        acked.extend(batch);
         let survived = mount.power_cut();
         // The store's background work fails from here on (the disk is gone); it must not
         // panic on the way down.

@@ -21,7 +21,7 @@ use std::ops::Range;
 use bytes::Bytes;
 
 pub use self::memory::MemoryStore;
-pub use self::rocks::{RocksOptions, RocksStore};
+pub use self::rocks::{RocksOptions, RocksStore, WRITE_ONCE_MIN};
 pub use self::tracked::{InventorySnapshot, TrackedStore};
 use crate::id::ChunkId;
 

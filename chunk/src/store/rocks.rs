@@ -1,17 +1,28 @@
 //! The RocksDB chunk store: the one chunkservers run.
 //!
-//! Two column families: `chunks` maps id -> bytes and uses BlobDB, so chunk bytes land in blob
-//! files instead of being rewritten by every compaction; `info` maps id -> [`ChunkInfo`] (24
-//! bytes) and is what `contains`, `list` and the startup scan read. A put writes both in one
-//! synced `WriteBatch`, so an acknowledged chunk survives a crash and the two never disagree;
-//! `put_many` writes all its chunks in one.
+//! Three column families: `chunks` maps id -> bytes and uses BlobDB, so chunk bytes land in
+//! blob files instead of being rewritten by every compaction; `info` maps id -> [`ChunkInfo`]
+//! (24 bytes) and is what `contains`, `list` and the startup scan read; `pending` names the
+//! chunks of a write-once batch (below) that are not finished yet.
 //!
-//! Chunk bytes are written twice: into the WAL, and into a blob file when the memtable is
-//! flushed. Writing them once (no WAL for chunk bytes, a flush of the `chunks` memtable shared
-//! by concurrent puts before the info record is written) was built and measured on December 7
-//! and was slower: every flush syncs an SST, a blob file, the MANIFEST and the directory, about
-//! four syncs where the WAL needs one, and a lone writer pays them for each chunk (1 MiB
-//! chunks, one at a time: 62-72 MiB/s against 138-191 MiB/s).
+//! A chunk exists for every reader once its `info` record does, and that record is only ever
+//! written, with a synced WAL, after the chunk's bytes are durable. The bytes get there one of
+//! two ways:
+//!
+//! - **Through the WAL** (a lone put, or a batch with little blob-sized data): the bytes and
+//!   the info go in one synced `WriteBatch`, and the bytes are written a second time, into a
+//!   blob file, when the memtable is flushed. One fsync per write group, two writes per byte.
+//! - **Written once** (a batch with at least [`WRITE_ONCE_MIN`] bytes of blob-sized chunks,
+//!   as repair's ReplicateChunks and the client's WriteChunks send): the ids go into
+//!   `pending` (synced), the bytes into the memtable without the WAL, a flush of `chunks`
+//!   writes them once into a blob file and makes them durable, and then one synced batch
+//!   writes their info and clears `pending`. A crash in between leaves bytes with a `pending`
+//!   record and no info; the sweep at open deletes them.
+//!
+//! Why not every write: a flush syncs a blob file, an SST, the MANIFEST and the directory, about
+//! four syncs where the WAL needs one. Built for every put on December 7, a lone writer of
+//! 1 MiB chunks paid them per chunk and ran at 62-72 MiB/s against 138-191 MiB/s through the
+//! WAL. From a few MiB per flush on, the saved second write is worth more than the syncs.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +31,7 @@ use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Direction, ErrorKind,
-    IteratorMode, Options, WriteBatch, WriteOptions,
+    FlushOptions, IteratorMode, Options, WriteBatch, WriteOptions,
 };
 
 use super::disk;
@@ -34,6 +45,7 @@ use crate::id::ChunkId;
 
 const CHUNKS_CF: &str = "chunks";
 const INFO_CF: &str = "info";
+const PENDING_CF: &str = "pending";
 /// Values from this size up go to blob files; smaller chunks stay inline in the SST files.
 const MIN_BLOB_SIZE: u64 = 64 << 10;
 /// Large enough to hold many 1 MiB chunks, small enough that blob GC reclaims space steadily.
@@ -41,6 +53,9 @@ const BLOB_FILE_SIZE: u64 = 256 << 20;
 const WRITE_BUFFER_SIZE: usize = 64 << 20;
 /// The WAL holds chunk bytes until the memtable is flushed; this forces a flush past it.
 const MAX_TOTAL_WAL_SIZE: u64 = 512 << 20;
+/// Blob-sized bytes in one write from which they skip the WAL and are written once (see the
+/// module docs): enough that one flush's syncs cost less than writing them twice.
+pub const WRITE_ONCE_MIN: u64 = 4 << 20;
 
 /// How to open a [`RocksStore`].
 #[derive(Debug, Clone, Default)]
@@ -96,6 +111,7 @@ impl RocksStore {
         let families = [
             ColumnFamilyDescriptor::new(CHUNKS_CF, chunk_options),
             ColumnFamilyDescriptor::new(INFO_CF, info_options),
+            ColumnFamilyDescriptor::new(PENDING_CF, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&db_options, path, families)
             .map_err(|e| open_error("opening", &e))?;
@@ -109,6 +125,9 @@ impl RocksStore {
             used_bytes: AtomicU64::new(0),
             digest: Mutex::new([0; 32]),
         };
+        store
+            .sweep_unfinished()
+            .map_err(|e| open_error("sweeping", &e))?;
         store
             .rebuild_totals()
             .map_err(|e| open_error("scanning", &e))?;
@@ -125,6 +144,35 @@ impl RocksStore {
     /// The directory holding the database.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Deletes the bytes of write-once chunks that a crash left without their info record,
+    /// and clears `pending`. A chunk that has its info record is never touched: a put finishes
+    /// by writing the info and clearing `pending` in one batch, so the two cannot both be
+    /// there, and if they somehow were, keeping the bytes is the safe answer.
+    fn sweep_unfinished(&self) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        let mut swept = 0usize;
+        for item in self.db.iterator_cf(self.pending_cf(), IteratorMode::Start) {
+            let (key, _) = item.map_err(rocks_error)?;
+            let id = ChunkId::from_slice(&key).map_err(|e| StoreError::Io(e.to_string()))?;
+            if self.read_info(&id)?.is_none() {
+                batch.delete_cf(self.chunks_cf(), id);
+                swept += 1;
+            }
+            batch.delete_cf(self.pending_cf(), id);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(
+            chunks = swept,
+            path = %self.path.display(),
+            "removing chunk bytes an interrupted write left without their info"
+        );
+        self.db
+            .write_opt(batch, &Self::synced())
+            .map_err(rocks_error)
     }
 
     fn rebuild_totals(&mut self) -> Result<(), StoreError> {
@@ -154,6 +202,12 @@ impl RocksStore {
             .expect("opened with the info family")
     }
 
+    fn pending_cf(&self) -> &ColumnFamily {
+        self.db
+            .cf_handle(PENDING_CF)
+            .expect("opened with the pending family")
+    }
+
     fn lock(&self, id: &ChunkId) -> MutexGuard<'_, ()> {
         self.stripes.lock(id)
     }
@@ -167,15 +221,16 @@ impl RocksStore {
 
     /// Stores `chunks` (already verified) while the caller holds the stripe locks of all
     /// their ids: the new chunks with their info, and the refreshed stored-at times of those
-    /// already here, in one synced `WriteBatch`. Synced writes of concurrent callers share
+    /// already here. The new chunks' bytes go through the WAL or, for a batch with enough
+    /// blob-sized bytes, are written once (see the module docs); either way the info records
+    /// come last, in one synced `WriteBatch`. Synced writes of concurrent callers share
     /// RocksDB's group commit, so one fsync serves them all.
     fn write_locked(&self, chunks: &[(&ChunkId, &[u8])]) -> Result<Vec<PutOutcome>, StoreError> {
         let now = now_ms();
         let mut outcomes = Vec::with_capacity(chunks.len());
         let mut batch = WriteBatch::default();
-        let mut added: Vec<&ChunkId> = Vec::new();
+        let mut added: Vec<(&ChunkId, &[u8])> = Vec::new();
         let mut seen = std::collections::HashSet::with_capacity(chunks.len());
-        let mut new_bytes = 0u64;
         for &(id, bytes) in chunks {
             if !seen.insert(id) {
                 // The same chunk twice in one call: stored (or touched) by its first entry.
@@ -190,22 +245,39 @@ impl RocksStore {
                 outcomes.push(PutOutcome::AlreadyPresent);
                 continue;
             }
-            let size = bytes.len() as u64;
-            let info = ChunkInfo {
-                size,
-                stored_at_ms: now,
-                last_verified_ms: now,
-            };
-            batch.put_cf(self.chunks_cf(), id, bytes);
-            batch.put_cf(self.info_cf(), id, encode_info(&info));
-            new_bytes += size;
-            added.push(id);
+            added.push((id, bytes));
             outcomes.push(PutOutcome::Stored);
         }
+        let new_bytes: u64 = added.iter().map(|(_, b)| b.len() as u64).sum();
         self.reserve(new_bytes)?;
-        if let Err(e) = self.db.write_opt(batch, &Self::synced()) {
+        let once: Vec<(&ChunkId, &[u8])> = if write_once(&added) {
+            added.iter().copied().filter(|(_, b)| is_blob(b)).collect()
+        } else {
+            Vec::new()
+        };
+        let written = self.write_bytes_once(&once).and_then(|()| {
+            for &(id, bytes) in &added {
+                let size = bytes.len() as u64;
+                if once.is_empty() || !is_blob(bytes) {
+                    batch.put_cf(self.chunks_cf(), id, bytes);
+                } else {
+                    batch.delete_cf(self.pending_cf(), id);
+                }
+                let info = ChunkInfo {
+                    size,
+                    stored_at_ms: now,
+                    last_verified_ms: now,
+                };
+                batch.put_cf(self.info_cf(), id, encode_info(&info));
+            }
+            self.db
+                .write_opt(batch, &Self::synced())
+                .map_err(rocks_error)
+        });
+        if let Err(e) = written {
             self.used_bytes.fetch_sub(new_bytes, Ordering::SeqCst);
-            return Err(match rocks_error(e) {
+            self.forget_unfinished(&once);
+            return Err(match e {
                 StoreError::DiskFull { .. } => StoreError::DiskFull {
                     needed: new_bytes,
                     available: 0,
@@ -216,10 +288,56 @@ impl RocksStore {
         self.chunk_count
             .fetch_add(added.len() as u64, Ordering::SeqCst);
         let mut digest = self.digest.lock();
-        for id in added {
+        for (id, _) in added {
             toggle_digest(&mut digest, id);
         }
         Ok(outcomes)
+    }
+
+    /// Makes the bytes of `chunks` durable without the WAL: their ids into `pending` (synced),
+    /// the bytes into the memtable, and a flush of `chunks` that writes them once into a blob
+    /// file. Their info is not written here, so no reader sees them yet.
+    fn write_bytes_once(&self, chunks: &[(&ChunkId, &[u8])]) -> Result<(), StoreError> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let mut intents = WriteBatch::default();
+        let mut bytes = WriteBatch::default();
+        for &(id, data) in chunks {
+            intents.put_cf(self.pending_cf(), id, []);
+            bytes.put_cf(self.chunks_cf(), id, data);
+        }
+        self.db
+            .write_opt(intents, &Self::synced())
+            .map_err(rocks_error)?;
+        let mut no_wal = WriteOptions::default();
+        no_wal.disable_wal(true);
+        self.db.write_opt(bytes, &no_wal).map_err(rocks_error)?;
+        let mut flush = FlushOptions::default();
+        flush.set_wait(true);
+        self.db
+            .flush_cf_opt(self.chunks_cf(), &flush)
+            .map_err(rocks_error)
+    }
+
+    /// After a failed write-once batch: removes what it left (bytes without info, and their
+    /// `pending` records). If this fails too, the sweep at the next open does it.
+    fn forget_unfinished(&self, chunks: &[(&ChunkId, &[u8])]) {
+        if chunks.is_empty() {
+            return;
+        }
+        let mut batch = WriteBatch::default();
+        for &(id, _) in chunks {
+            batch.delete_cf(self.chunks_cf(), id);
+            batch.delete_cf(self.pending_cf(), id);
+        }
+        if let Err(e) = self.db.write_opt(batch, &Self::synced()) {
+            tracing::warn!(
+                error = %e,
+                path = %self.path.display(),
+                "could not remove the bytes of a failed write; the next open will"
+            );
+        }
     }
 
     /// Takes `size` bytes of capacity, or refuses with `DiskFull`.
@@ -450,6 +568,21 @@ impl ChunkStore for RocksStore {
     }
 }
 
+/// Whether a chunk this size goes to a blob file.
+fn is_blob(bytes: &[u8]) -> bool {
+    bytes.len() as u64 >= MIN_BLOB_SIZE
+}
+
+/// Whether the new chunks of one write carry enough blob-sized bytes to be written once.
+fn write_once(added: &[(&ChunkId, &[u8])]) -> bool {
+    let blob_bytes: u64 = added
+        .iter()
+        .filter(|(_, b)| is_blob(b))
+        .map(|(_, b)| b.len() as u64)
+        .sum();
+    blob_bytes >= WRITE_ONCE_MIN
+}
+
 fn rocks_error(e: rocksdb::Error) -> StoreError {
     let message = e.into_string();
     if disk::is_no_space(&message) {
@@ -518,6 +651,98 @@ mod tests {
         for (id, bytes) in &chunks {
             assert_eq!(&store.get(id).unwrap(), bytes);
         }
+    }
+
+    /// Bytes in the store directory's WAL files.
+    fn wal_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap())
+            .filter(|entry| entry.file_name().to_string_lossy().ends_with(".log"))
+            .map(|entry| entry.metadata().unwrap().len())
+            .sum()
+    }
+
+    fn pending_is_empty(store: &RocksStore) -> bool {
+        store
+            .db
+            .iterator_cf(store.pending_cf(), IteratorMode::Start)
+            .next()
+            .is_none()
+    }
+
+    fn large_chunks(seed: u64, n: u64) -> Vec<(ChunkId, Bytes)> {
+        (0..n)
+            .map(|i| {
+                let bytes = crate::store::conformance::test_chunk(seed + i, 1 << 20);
+                (ChunkId::of(&bytes), Bytes::from(bytes))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_large_batch_is_written_once_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunks = large_chunks(500, 8);
+        let small = crate::store::conformance::test_chunk(9, 3_000);
+        {
+            let store = RocksStore::open(dir.path(), RocksOptions::default()).unwrap();
+            let mut batch = chunks.clone();
+            batch.push((ChunkId::of(&small), Bytes::from(small.clone())));
+            let outcomes = store.put_many(&batch).unwrap();
+            assert!(outcomes.iter().all(|&o| o == PutOutcome::Stored));
+            // The 8 MiB of chunk bytes went to a blob file only, not through the WAL.
+            let wal = wal_bytes(dir.path());
+            assert!(wal < 256 << 10, "{wal} bytes of WAL for 8 MiB written once");
+            for (id, bytes) in &chunks {
+                assert_eq!(&store.get(id).unwrap(), bytes);
+            }
+            assert!(pending_is_empty(&store));
+        }
+        let store = RocksStore::open(dir.path(), RocksOptions::default()).unwrap();
+        assert_eq!(store.stats().chunk_count, 9);
+        assert_eq!(store.stats().used_bytes, (8 << 20) + 3_000);
+        for (id, bytes) in &chunks {
+            assert_eq!(&store.get(id).unwrap(), bytes);
+        }
+        assert_eq!(store.get(&ChunkId::of(&small)).unwrap(), small);
+        // Stored again, they are already here.
+        let again = store.put_many(&chunks).unwrap();
+        assert!(again.iter().all(|&o| o == PutOutcome::AlreadyPresent));
+    }
+
+    #[test]
+    fn bytes_a_crash_left_without_info_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = large_chunks(600, 1);
+        let orphans = large_chunks(700, 5);
+        {
+            let store = RocksStore::open(dir.path(), RocksOptions::default()).unwrap();
+            store.put_many(&kept).unwrap();
+            // What a crash between the flush and the info batch leaves: durable bytes and
+            // their pending records, no info.
+            let unfinished: Vec<(&ChunkId, &[u8])> =
+                orphans.iter().map(|(id, b)| (id, &b[..])).collect();
+            store.write_bytes_once(&unfinished).unwrap();
+            assert!(store.read_value(&orphans[0].0).unwrap().is_some());
+        }
+        let store = RocksStore::open(dir.path(), RocksOptions::default()).unwrap();
+        for (id, _) in &orphans {
+            assert!(store.read_value(id).unwrap().is_none(), "{id} left behind");
+            assert!(!store.contains(id).unwrap());
+        }
+        assert!(pending_is_empty(&store));
+        assert_eq!(store.stats().chunk_count, 1);
+        assert_eq!(store.get(&kept[0].0).unwrap(), kept[0].1);
+        // The swept chunks can be stored again.
+        assert!(
+            store
+                .put_many(&orphans)
+                .unwrap()
+                .iter()
+                .all(|&o| o == PutOutcome::Stored)
+        );
+        assert_eq!(store.get(&orphans[4].0).unwrap(), orphans[4].1);
     }
 
     #[test]
