@@ -18,6 +18,9 @@
 //!   budget, apart from the one reads and writes use.
 //! - **Scrub**: [`scrub::ScrubWorker`] re-reads every chunk at a bounded byte rate, so
 //!   bit rot is found (and the bad copy dropped) before anyone needs the chunk.
+//! - **Reclaim**: [`reclaim::ReclaimWorker`] asks the store now and then to give back the
+//!   space of deleted chunks; the RocksDB store rewrites its live blobs only once enough
+//!   garbage has piled up, so steady writes are not rewritten by compactions.
 //! - **Report**: `Info` gives capacity, usage, chunk count, the inventory digest (XOR of all
 //!   ids) and scrub counters; [`metrics::Metrics`] counts the rest.
 //! - **Heartbeat**: [`store::TrackedStore`] wraps the store and records every chunk added or
@@ -38,6 +41,7 @@ pub mod lineage;
 pub mod metrics;
 pub mod node;
 pub mod pool;
+pub mod reclaim;
 pub mod scrub;
 pub mod server;
 pub mod service;

@@ -1,4 +1,4 @@
-//! Starting and stopping a chunkserver: open the store, start the scrub and heartbeat
+//! Starting and stopping a chunkserver: open the store, start the scrub, reclaim and heartbeat
 //! workers, serve gRPC on a listener the caller bound, and wind everything down when
 //! `shutdown` resolves.
 
@@ -20,6 +20,7 @@ use crate::inventory_log::DEFAULT_INVENTORY_LOG_CAPACITY;
 use crate::lineage::Lineage;
 use crate::metrics::Metrics;
 use crate::node::{self, ChunkserverConfig, NodeIdentity, STORE_DIR};
+use crate::reclaim::{RECLAIM_CHECK_INTERVAL, ReclaimWorker};
 use crate::scrub::{ScrubConfig, ScrubWorker};
 use crate::service::ChunkServiceImpl;
 use crate::store::{ChunkStore, RocksOptions, RocksStore, TrackedStore};
@@ -104,7 +105,7 @@ impl Chunkserver {
     }
 
     /// Serves `ChunkService` on `listener` until `shutdown` resolves, then drains open
-    /// requests and stops the scrub and heartbeat workers.
+    /// requests and stops the scrub, reclaim and heartbeat workers.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -120,6 +121,8 @@ impl Chunkserver {
             self.scrub,
             stop.clone(),
         );
+        let reclaim =
+            ReclaimWorker::spawn(self.store.clone(), RECLAIM_CHECK_INTERVAL, stop.clone());
         let mut heartbeat_config = self.heartbeat;
         heartbeat_config.credential = self.gate.node_metadata();
         heartbeat_config.transport = self.tls.client.clone();
@@ -176,6 +179,7 @@ impl Chunkserver {
         };
         stop.cancel();
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, scrub).await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, reclaim).await;
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, heartbeat).await;
         tracing::info!(%local, "chunkserver stopped");
         served.with_context(|| format!("serving ChunkService on {local}"))

@@ -199,6 +199,13 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// Records that the chunk's hash was checked at `now_ms`. Absent chunks are ignored.
     fn mark_verified(&self, id: &ChunkId, now_ms: u64) -> Result<(), StoreError>;
 
+    /// Gives back the disk space of deleted chunks when enough has piled up to be worth
+    /// rewriting what is live; answers the bytes given back. Slow (it may rewrite the whole
+    /// store), so it runs on a background worker. Stores that free space on delete do nothing.
+    fn reclaim_space(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
     /// Test hook simulating bit rot: flips one byte of the stored copy. Answers whether the
     /// chunk was there to corrupt.
     #[doc(hidden)]

@@ -209,6 +209,10 @@ impl ChunkStore for TrackedStore {
         self.inner.mark_verified(id, now_ms)
     }
 
+    fn reclaim_space(&self) -> Result<u64, StoreError> {
+        self.inner.reclaim_space()
+    }
+
     fn corrupt_for_test(&self, id: &ChunkId) -> Result<bool, StoreError> {
         self.inner.corrupt_for_test(id)
     }
