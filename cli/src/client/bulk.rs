@@ -1,5 +1,5 @@
-//! Many uploads' calls, sent together: plans and commits to the controller, small chunk
-//! writes to each chunkserver.
+//! Many uploads' calls, sent together: plans and commits to the controller, chunk writes to
+//! each chunkserver.
 //!
 //! When one command uploads many files, each file still plans and commits on its own, but its
 //! PlanUpload and CommitFile go to a [`Bulk`] queue instead of the controller. A task per kind
@@ -14,8 +14,10 @@
 //!   per chunkserver and writes its versions in one durable write; each file still gets its own
 //!   answer, and a controller without CommitFiles (an older version) gets one CommitFile each.
 //!
-//! - Small chunks ([`ChunkWrites`]): one WriteChunks per chunkserver carries the chunks of many
-//!   files, each with its own grant, stored with one synced write.
+//! - Chunks ([`ChunkWrites`]): one WriteChunks per chunkserver carries up to 8 MiB of chunks,
+//!   of one file or many, each with its own grant, stored with one synced write. Batches of a
+//!   large file's chunks reach the size from which the chunkserver writes their bytes once,
+//!   without its WAL.
 //!
 //! Files with many chunks (more than [`MAX_BATCHED_CHUNKS`]) and forced plans (the rewrite of
 //! chunks a commit found lacking) skip the queues: their calls are large or rare already.
@@ -124,28 +126,26 @@ impl Bulk {
     }
 }
 
-/// Chunk writes to chunkservers, the small ones sent together: one queue per chunkserver,
-/// whose task sends what is waiting as one WriteChunks call (at most `SMALL_BATCH_BYTES` and
-/// the server's limit of chunks), `IN_FLIGHT` calls at once. A chunkserver without
-/// WriteChunks (an older version) gets one WriteChunk per chunk.
+/// Chunk writes to chunkservers, sent together: one queue per chunkserver, whose task sends
+/// what is waiting as one WriteChunks call (at most `BATCH_BYTES` and the server's limit of
+/// chunks), `IN_FLIGHT` calls at once. A chunkserver without WriteChunks (an older version)
+/// gets one WriteChunk per chunk.
 #[derive(Debug, Clone)]
 pub struct ChunkWrites {
     pool: ChunkPool,
-    queues: Arc<Mutex<HashMap<String, Queue<SmallWrite, bool>>>>,
+    queues: Arc<Mutex<HashMap<String, Queue<ChunkWrite, bool>>>>,
 }
 
 /// One chunk to write: id, bytes and its write grant.
-type SmallWrite = (ChunkId, Bytes, String);
+type ChunkWrite = (ChunkId, Bytes, String);
 
-/// Chunks up to this size are written in batches; larger ones have a stream each, where one
-/// round trip is small beside the bytes.
-const SMALL_CHUNK: usize = 64 << 10;
-/// Most chunk bytes in one WriteChunks call.
-const SMALL_BATCH_BYTES: usize = 4 << 20;
+/// Most chunk bytes in one WriteChunks call (the chunkserver's limit). The chunkserver writes
+/// a batch's bytes once, without its WAL, from `redcloud_chunk::store::WRITE_ONCE_MIN` on.
+const BATCH_BYTES: usize = redcloud_proto::MAX_CHUNK_SIZE;
 /// Most chunks in one WriteChunks call (the chunkserver's limit).
-const SMALL_BATCH_CHUNKS: usize = redcloud_chunk::service::MAX_BATCH_CHUNKS;
+const BATCH_CHUNKS: usize = redcloud_chunk::service::MAX_BATCH_CHUNKS;
 /// Most queues kept, one per chunkserver; past it writes go one stream each.
-const MAX_SMALL_QUEUES: usize = 1_024;
+const MAX_QUEUES: usize = 1_024;
 
 impl ChunkWrites {
     /// Queues that write over `pool`'s connections; their tasks end when the last clone is
@@ -157,17 +157,14 @@ impl ChunkWrites {
         }
     }
 
-    /// Writes one chunk to `addr` with its grant: answers whether it was already stored. A
-    /// small chunk joins its chunkserver's queue; a larger one has a stream of its own.
+    /// Writes one chunk to `addr` with its grant, in its chunkserver's next batch: answers
+    /// whether it was already stored.
     pub async fn write(&self, addr: &str, id: ChunkId, data: Bytes, grant: &str) -> Result<bool> {
-        if data.len() > SMALL_CHUNK {
-            return write_one(&self.pool, addr, (id, data, grant.to_owned())).await;
-        }
         let queue = {
             let mut queues = self.queues.lock();
             match queues.get(addr) {
                 Some(queue) => Some(queue.clone()),
-                None if queues.len() < MAX_SMALL_QUEUES => {
+                None if queues.len() < MAX_QUEUES => {
                     let queue = self.start(addr);
                     queues.insert(addr.to_owned(), queue.clone());
                     Some(queue)
@@ -181,10 +178,10 @@ impl ChunkWrites {
         }
     }
 
-    fn start(&self, addr: &str) -> Queue<SmallWrite, bool> {
+    fn start(&self, addr: &str) -> Queue<ChunkWrite, bool> {
         let limits = Limits {
-            jobs: SMALL_BATCH_CHUNKS,
-            weight: SMALL_BATCH_BYTES,
+            jobs: BATCH_CHUNKS,
+            weight: BATCH_BYTES,
         };
         let (pool, addr) = (self.pool.clone(), addr.to_owned());
         Queue::start(
@@ -192,15 +189,15 @@ impl ChunkWrites {
             |(_, data, _)| data.len(),
             move |batch| {
                 let (pool, addr) = (pool.clone(), addr.clone());
-                async move { send_small(&pool, &addr, batch).await }
+                async move { send_batch(&pool, &addr, batch).await }
             },
         )
     }
 }
 
-/// Writes one batch of small chunks to `addr`.
-async fn send_small(pool: &ChunkPool, addr: &str, batch: Vec<Job<SmallWrite, bool>>) {
-    let (chunks, answers): (Vec<SmallWrite>, Vec<_>) = batch.into_iter().unzip();
+/// Writes one batch of chunks to `addr`.
+async fn send_batch(pool: &ChunkPool, addr: &str, batch: Vec<Job<ChunkWrite, bool>>) {
+    let (chunks, answers): (Vec<ChunkWrite>, Vec<_>) = batch.into_iter().unzip();
     let sent = async {
         let mut c = pool.get(addr).await?;
         client::write_chunks(&mut c, chunks.clone(), &MetadataMap::new()).await
@@ -226,7 +223,7 @@ async fn send_small(pool: &ChunkPool, addr: &str, batch: Vec<Job<SmallWrite, boo
 }
 
 /// Writes one chunk in its own WriteChunk stream.
-async fn write_one(pool: &ChunkPool, addr: &str, (id, data, grant): SmallWrite) -> Result<bool> {
+async fn write_one(pool: &ChunkPool, addr: &str, (id, data, grant): ChunkWrite) -> Result<bool> {
     let written = async {
         let mut c = pool.get(addr).await?;
         client::write_chunk(&mut c, id, data, &grant_metadata(&grant)).await
@@ -475,5 +472,152 @@ fn outcome_result(outcome: CommitFileOutcome) -> Result<CommitFileResponse> {
         _ => Err(anyhow!(
             "the controller answered a commit with neither file nor error"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use redcloud_proto::chunk::chunk_service_server::{ChunkService, ChunkServiceServer};
+    use redcloud_proto::chunk::write_chunk_request::Msg;
+    use redcloud_proto::chunk::*;
+    use redcloud_proto::transport::{self, Transport};
+    use tonic::{Request, Response, Streaming};
+
+    use super::*;
+
+    /// A chunkserver of a version before WriteChunks: it stores what WriteChunk streams bring
+    /// and answers UNIMPLEMENTED to WriteChunks, as tonic does for an unknown method.
+    #[derive(Default, Clone)]
+    struct OldChunkserver {
+        stored: Arc<Mutex<BTreeMap<ChunkId, Bytes>>>,
+    }
+
+    type Stream<T> = futures::stream::BoxStream<'static, Result<T, Status>>;
+
+    fn absent<T>() -> Result<T, Status> {
+        Err(Status::unimplemented("not in this version"))
+    }
+
+    #[tonic::async_trait]
+    impl ChunkService for OldChunkserver {
+        async fn write_chunk(
+            &self,
+            request: Request<Streaming<WriteChunkRequest>>,
+        ) -> Result<Response<WriteChunkResponse>, Status> {
+            let mut stream = request.into_inner();
+            let (mut id, mut data) = (None, Vec::new());
+            while let Some(frame) = stream.next().await {
+                match frame?.msg {
+                    Some(Msg::Header(header)) => {
+                        id = Some(
+                            ChunkId::from_slice(&header.id)
+                                .map_err(|e| Status::invalid_argument(e.to_string()))?,
+                        );
+                    }
+                    Some(Msg::Data(bytes)) => data.extend_from_slice(&bytes),
+                    None => {}
+                }
+            }
+            let id = id.ok_or_else(|| Status::invalid_argument("no header"))?;
+            if ChunkId::of(&data) != id {
+                return Err(Status::invalid_argument("hash mismatch"));
+            }
+            let before = self.stored.lock().insert(id, Bytes::from(data));
+            Ok(Response::new(WriteChunkResponse {
+                already_present: before.is_some(),
+            }))
+        }
+        async fn write_chunks(
+            &self,
+            _: Request<WriteChunksRequest>,
+        ) -> Result<Response<WriteChunksResponse>, Status> {
+            absent()
+        }
+        type ReadChunkStream = Stream<ReadChunkResponse>;
+        async fn read_chunk(
+            &self,
+            _: Request<ReadChunkRequest>,
+        ) -> Result<Response<Self::ReadChunkStream>, Status> {
+            absent()
+        }
+        async fn has_chunks(
+            &self,
+            _: Request<HasChunksRequest>,
+        ) -> Result<Response<HasChunksResponse>, Status> {
+            absent()
+        }
+        async fn delete_chunk(
+            &self,
+            _: Request<DeleteChunkRequest>,
+        ) -> Result<Response<DeleteChunkResponse>, Status> {
+            absent()
+        }
+        type ListChunksStream = Stream<ListChunksResponse>;
+        async fn list_chunks(
+            &self,
+            _: Request<ListChunksRequest>,
+        ) -> Result<Response<Self::ListChunksStream>, Status> {
+            absent()
+        }
+        async fn replicate_chunk(
+            &self,
+            _: Request<ReplicateChunkRequest>,
+        ) -> Result<Response<ReplicateChunkResponse>, Status> {
+            absent()
+        }
+        async fn replicate_chunks(
+            &self,
+            _: Request<ReplicateChunksRequest>,
+        ) -> Result<Response<ReplicateChunksResponse>, Status> {
+            absent()
+        }
+        async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+            absent()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chunkserver_without_write_chunks_gets_every_chunk_one_stream_each() {
+        let server = OldChunkserver::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let serving = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ChunkServiceServer::new(server.clone()))
+                .serve_with_incoming(transport::incoming(listener)),
+        );
+        let writes = ChunkWrites::new(ChunkPool::new(Transport::plaintext()));
+        // Small and large chunks, written at once so that they share batches.
+        let chunks: Vec<(ChunkId, Bytes)> = [3_000usize, 70_000, 1 << 20, 2 << 20, 5, 900_000]
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                let data: Bytes = (0..len).map(|b| (b * 31 + i * 7) as u8).collect();
+                (ChunkId::of(&data), data)
+            })
+            .collect();
+        let answers = tokio::time::timeout(
+            Duration::from_secs(20),
+            futures::future::join_all(
+                chunks
+                    .iter()
+                    .map(|(id, data)| writes.write(&addr, *id, data.clone(), "grant")),
+            ),
+        )
+        .await
+        .expect("the writes finish");
+        for answer in answers {
+            assert!(!answer.expect("written despite UNIMPLEMENTED"));
+        }
+        let stored = server.stored.lock().clone();
+        assert_eq!(stored.len(), chunks.len());
+        for (id, data) in &chunks {
+            assert_eq!(&stored[id], data);
+        }
+        serving.abort();
     }
 }

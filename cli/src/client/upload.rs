@@ -41,8 +41,10 @@ use super::progress;
 use crate::session::Session;
 use redcloud_chunk::pool::ChunkPool;
 
-/// Chunks written at the same time by one upload.
-const PARALLEL_CHUNKS: usize = 4;
+/// Chunks written at the same time by one upload: about three WriteChunks batches of 1 MiB
+/// chunks, so that while a chunkserver stores two, the next fills up to the size from which it
+/// writes chunk bytes once (see `bulk::ChunkWrites`). `IN_FLIGHT_BYTES` bounds their memory.
+const PARALLEL_CHUNKS: usize = 24;
 /// Files uploaded at the same time by [`upload_many`]. Small files are latency-bound (a few
 /// round trips each), so many go at once; memory stays bounded by `IN_FLIGHT_BYTES` and
 /// `PARALLEL_CHUNKING`.
