@@ -101,12 +101,13 @@ mod tests {
             .await
             .expect("the worker stops when told")
             .unwrap();
+        // A call already handed to the blocking pool may still run; no new one starts (at the
+        // 5 ms interval, 50 ms would see about ten).
         let after = calls.load(Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            after,
-            "asked after it was stopped"
+        assert!(
+            calls.load(Ordering::SeqCst) <= after + 1,
+            "asked again after it was stopped"
         );
     }
 }

@@ -34,7 +34,9 @@
 //! deleted comes back in a reclaim pass ([`ChunkStore::reclaim_space`], run by the
 //! chunkserver's reclaim worker): once garbage reaches 256 MiB (`RECLAIM_MIN_GARBAGE`) and a
 //! quarter of the live blob bytes, one full compaction with blob GC on rewrites the live
-//! blobs and drops the old files, so a byte given back costs at most four written.
+//! blobs and drops the old files, so a byte given back costs at most four written. The old
+//! files go only after the new ones are written, so a pass waits until the filesystem has
+//! room for the live blob bytes again plus 256 MiB: it never fills the disk to free it.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,6 +76,32 @@ const RECLAIM_MIN_GARBAGE: u64 = 256 << 20;
 /// A reclaim pass also waits until garbage is at least 1/this of the live blob bytes: a pass
 /// rewrites every live blob, so each byte given back costs at most this many written.
 const RECLAIM_LIVE_PER_GARBAGE: u64 = 4;
+/// Free space a reclaim pass leaves on top of the live blob bytes it rewrites before it drops
+/// the old files: a pass that could fill the disk does not start.
+const RECLAIM_HEADROOM: u64 = 256 << 20;
+
+/// What a reclaim check decided.
+#[derive(Debug, PartialEq, Eq)]
+enum ReclaimDue {
+    /// Too little garbage to be worth rewriting the live blobs.
+    NotYet,
+    /// Worth it, but the filesystem could not hold a second copy of the live blobs.
+    NoRoom,
+    /// Run a pass.
+    Now,
+}
+
+/// Whether a reclaim pass should run, from the garbage and live bytes in blob files and the
+/// free space of the filesystem.
+fn reclaim_due(garbage: u64, live: u64, available: u64) -> ReclaimDue {
+    if garbage < RECLAIM_MIN_GARBAGE || garbage.saturating_mul(RECLAIM_LIVE_PER_GARBAGE) < live {
+        ReclaimDue::NotYet
+    } else if available < live.saturating_add(RECLAIM_HEADROOM) {
+        ReclaimDue::NoRoom
+    } else {
+        ReclaimDue::Now
+    }
+}
 
 /// How to open a [`RocksStore`].
 #[derive(Debug, Clone, Default)]
@@ -619,8 +647,22 @@ impl ChunkStore for RocksStore {
     fn reclaim_space(&self) -> Result<u64, StoreError> {
         let garbage = self.garbage_bytes()?;
         let live = self.blob_bytes.load(Ordering::SeqCst);
-        if garbage < RECLAIM_MIN_GARBAGE || garbage * RECLAIM_LIVE_PER_GARBAGE < live {
-            return Ok(0);
+        let available =
+            disk::available_bytes(&self.path).map_err(|e| StoreError::Io(e.to_string()))?;
+        match reclaim_due(garbage, live, available) {
+            ReclaimDue::NotYet => return Ok(0),
+            ReclaimDue::NoRoom => {
+                tracing::warn!(
+                    garbage,
+                    live,
+                    available,
+                    path = %self.path.display(),
+                    "too little free space to rewrite the live chunks; the space of deleted \
+                     chunks stays taken until there is more"
+                );
+                return Ok(0);
+            }
+            ReclaimDue::Now => {}
         }
         let freed = self.collect_garbage()?;
         tracing::info!(garbage, live, freed, path = %self.path.display(), "reclaimed the space of deleted chunks");
@@ -838,6 +880,31 @@ mod tests {
                 .all(|&o| o == PutOutcome::Stored)
         );
         assert_eq!(store.get(&orphans[4].0).unwrap(), orphans[4].1);
+    }
+
+    #[test]
+    fn a_reclaim_pass_waits_for_garbage_worth_it_and_room_for_the_rewrite() {
+        const MIB: u64 = 1 << 20;
+        let plenty = u64::MAX;
+        // Little garbage, or little beside the live bytes: not yet.
+        assert_eq!(reclaim_due(0, 0, plenty), ReclaimDue::NotYet);
+        assert_eq!(reclaim_due(255 * MIB, 0, plenty), ReclaimDue::NotYet);
+        assert_eq!(
+            reclaim_due(300 * MIB, 1_201 * MIB, plenty),
+            ReclaimDue::NotYet
+        );
+        // Enough of both.
+        assert_eq!(reclaim_due(256 * MIB, 1_024 * MIB, plenty), ReclaimDue::Now);
+        // The rewrite needs the live bytes again plus headroom free.
+        assert_eq!(
+            reclaim_due(300 * MIB, 1_000 * MIB, 1_256 * MIB),
+            ReclaimDue::Now
+        );
+        assert_eq!(
+            reclaim_due(300 * MIB, 1_000 * MIB, 1_255 * MIB),
+            ReclaimDue::NoRoom
+        );
+        assert_eq!(reclaim_due(300 * MIB, 0, 100 * MIB), ReclaimDue::NoRoom);
     }
 
     /// The names of the store's blob files.
