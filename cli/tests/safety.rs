@@ -315,7 +315,9 @@ async fn an_upload_longer_than_the_gc_grace_commits() {
     let mut s = session(&token);
     let started = Instant::now();
     let options = UploadOptions {
-        pace: Some(Duration::from_millis(900)),
+        // One chunk write starting every 200 ms: about a dozen chunks over more than 2 s,
+        // each grace period (300 ms) seeing some written and the rest still to come.
+        pace: Some(Duration::from_millis(200)),
         ..Default::default()
     };
     upload_with(&mut ctl, &mut s, &path, "slow", &["t".into()], &options)

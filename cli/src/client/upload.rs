@@ -77,8 +77,9 @@ pub struct Uploaded {
 /// How an upload behaves beyond what it uploads.
 #[derive(Debug, Clone, Default)]
 pub struct UploadOptions {
-    /// A pause before each chunk is written: a crude bandwidth cap for slow or shared links
-    /// (and how tests make an upload outlast the GC grace period).
+    /// The time between the starts of a file's chunk writes, however many run at once (the
+    /// first waits it too): a crude bandwidth cap for slow or shared links, and how tests make
+    /// an upload outlast the GC grace period.
     pub pace: Option<std::time::Duration>,
     /// No per-file progress bars (many files at once show one bar for all).
     pub quiet: bool,
@@ -389,14 +390,15 @@ async fn write_all(
     bar: &indicatif::ProgressBar,
     options: &UploadOptions,
 ) -> Result<()> {
-    let pace = options.pace;
+    let pace = options.pace.map(Pace::new);
+    let pace = &pace;
     futures::stream::iter(chunks.into_iter().map(|(span, plan)| {
         let file = file.clone();
         let bar = bar.clone();
         let path = path.to_owned();
         async move {
-            if let Some(pause) = pace {
-                tokio::time::sleep(pause).await;
+            if let Some(pace) = pace {
+                pace.wait().await;
             }
             let _budget = shared.reserve(span.len).await?;
             let data =
@@ -420,6 +422,32 @@ async fn write_all(
     .try_collect::<Vec<()>>()
     .await?;
     Ok(())
+}
+
+/// Spaces the starts of chunk writes `every` apart, whatever the parallelism.
+struct Pace {
+    every: std::time::Duration,
+    next: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pace {
+    fn new(every: std::time::Duration) -> Pace {
+        Pace {
+            every,
+            next: tokio::sync::Mutex::new(tokio::time::Instant::now() + every),
+        }
+    }
+
+    /// Waits for this write's turn.
+    async fn wait(&self) {
+        let turn = {
+            let mut next = self.next.lock().await;
+            let turn = (*next).max(tokio::time::Instant::now());
+            *next = turn + self.every;
+            turn
+        };
+        tokio::time::sleep_until(turn).await;
+    }
 }
 
 /// Asks the controller, every `interval`, to hold an upload's chunks while it runs.
