@@ -19,7 +19,7 @@ use crate::store::{ChunkStore, StoreError};
 pub const RECLAIM_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// One reclaim call: [`ChunkStore::reclaim_space`] of the served store.
-pub type Reclaim = Arc<dyn Fn() -> Result<u64, StoreError> + Send + Sync>;
+type Reclaim = Arc<dyn Fn() -> Result<u64, StoreError> + Send + Sync>;
 
 /// The background worker named "reclaim".
 pub struct ReclaimWorker {
@@ -61,10 +61,9 @@ impl ReclaimWorker {
             let pass = tokio::task::spawn_blocking(move || reclaim());
             tokio::select! {
                 () = self.stop.cancelled() => break,
-                done = pass => match done {
-                    Ok(Ok(0)) => {}
-                    Ok(Ok(freed)) => tracing::info!(freed, "gave back the space of deleted chunks"),
-                    failed => tracing::warn!(?failed, "reclaiming the space of deleted chunks failed"),
+                // A pass that ran is logged by the store, with what it found and freed.
+                done = pass => if !matches!(done, Ok(Ok(_))) {
+                    tracing::warn!(?done, "reclaiming the space of deleted chunks failed");
                 },
             }
         }

@@ -201,10 +201,9 @@ pub trait ChunkStore: Send + Sync + 'static {
 
     /// Gives back the disk space of deleted chunks when enough has piled up to be worth
     /// rewriting what is live; answers the bytes given back. Slow (it may rewrite the whole
-    /// store), so it runs on a background worker. Stores that free space on delete do nothing.
-    fn reclaim_space(&self) -> Result<u64, StoreError> {
-        Ok(0)
-    }
+    /// store), so it runs on a background worker. No default: a wrapper that forgot to pass
+    /// it on would silently stop the space from ever coming back.
+    fn reclaim_space(&self) -> Result<u64, StoreError>;
 
     /// Test hook simulating bit rot: flips one byte of the stored copy. Answers whether the
     /// chunk was there to corrupt.

@@ -63,7 +63,8 @@ const INFO_CF: &str = "info";
 const PENDING_CF: &str = "pending";
 /// Values from this size up go to blob files; smaller chunks stay inline in the SST files.
 const MIN_BLOB_SIZE: u64 = 64 << 10;
-/// Large enough to hold many 1 MiB chunks, small enough that blob GC reclaims space steadily.
+/// Large enough to hold many 1 MiB chunks, small enough that a file whose chunks are all
+/// deleted, which compaction drops without a reclaim pass, comes along often.
 const BLOB_FILE_SIZE: u64 = 256 << 20;
 const WRITE_BUFFER_SIZE: usize = 64 << 20;
 /// The WAL holds chunk bytes until the memtable is flushed; this forces a flush past it.
@@ -306,46 +307,43 @@ impl RocksStore {
             outcomes.push(PutOutcome::Stored);
         }
         let new_bytes: u64 = added.iter().map(|(_, b)| b.len() as u64).sum();
-        self.reserve(new_bytes)?;
-        let once: Vec<(&ChunkId, &[u8])> = if write_once(&added) {
-            added.iter().copied().filter(|(_, b)| is_blob(b)).collect()
+        let blobs: Vec<(&ChunkId, &[u8])> =
+            added.iter().copied().filter(|(_, b)| is_blob(b)).collect();
+        let blob_total: u64 = blobs.iter().map(|(_, b)| b.len() as u64).sum();
+        let once = if blob_total >= WRITE_ONCE_MIN {
+            blobs
         } else {
             Vec::new()
         };
-        let written = self.write_bytes_once(&once).and_then(|()| {
-            for &(id, bytes) in &added {
-                let size = bytes.len() as u64;
-                if once.is_empty() || !is_blob(bytes) {
-                    batch.put_cf(self.chunks_cf(), id, bytes);
-                } else {
-                    batch.delete_cf(self.pending_cf(), id);
-                }
-                let info = ChunkInfo {
-                    size,
-                    stored_at_ms: now,
-                    last_verified_ms: now,
-                };
-                batch.put_cf(self.info_cf(), id, encode_info(&info));
-            }
-            self.db
-                .write_opt(batch, &Self::synced())
-                .map_err(rocks_error)
-        });
-        if let Err(e) = written {
-            self.used_bytes.fetch_sub(new_bytes, Ordering::SeqCst);
+        self.reserve(new_bytes)?;
+        if let Err(e) = self.write_bytes_once(&once) {
+            // No info record was written, so nothing of this write is visible: its bytes and
+            // pending records can go.
             self.forget_unfinished(&once);
-            return Err(match e {
-                StoreError::DiskFull { .. } => StoreError::DiskFull {
-                    needed: new_bytes,
-                    available: 0,
-                },
-                other => other,
-            });
+            return Err(self.failed_write(new_bytes, e));
+        }
+        for &(id, bytes) in &added {
+            if once.is_empty() || !is_blob(bytes) {
+                batch.put_cf(self.chunks_cf(), id, bytes);
+            } else {
+                batch.delete_cf(self.pending_cf(), id);
+            }
+            let info = ChunkInfo {
+                size: bytes.len() as u64,
+                stored_at_ms: now,
+                last_verified_ms: now,
+            };
+            batch.put_cf(self.info_cf(), id, encode_info(&info));
+        }
+        if let Err(e) = self.db.write_opt(batch, &Self::synced()) {
+            // Whether the info records reached the disk is unknown, so the bytes written once
+            // stay with their pending records: the sweep at the next open keeps those whose
+            // info is there and removes the rest.
+            return Err(self.failed_write(new_bytes, rocks_error(e)));
         }
         self.chunk_count
             .fetch_add(added.len() as u64, Ordering::SeqCst);
-        let blob: u64 = added.iter().map(|(_, b)| blob_share(b.len() as u64)).sum();
-        self.blob_bytes.fetch_add(blob, Ordering::SeqCst);
+        self.blob_bytes.fetch_add(blob_total, Ordering::SeqCst);
         let mut digest = self.digest.lock();
         for (id, _) in added {
             toggle_digest(&mut digest, id);
@@ -379,7 +377,7 @@ impl RocksStore {
             .map_err(rocks_error)
     }
 
-    /// After a failed write-once batch: removes what it left (bytes without info, and their
+    /// After `write_bytes_once` failed: removes what it left (bytes without info, and their
     /// `pending` records). If this fails too, the sweep at the next open does it.
     fn forget_unfinished(&self, chunks: &[(&ChunkId, &[u8])]) {
         if chunks.is_empty() {
@@ -401,7 +399,7 @@ impl RocksStore {
 
     /// Bytes of blob files that no stored chunk uses: deleted chunks, and bytes of writes in
     /// flight.
-    pub fn garbage_bytes(&self) -> Result<u64, StoreError> {
+    fn garbage_bytes(&self) -> Result<u64, StoreError> {
         let files = self.blob_file_bytes()?;
         Ok(files.saturating_sub(self.blob_bytes.load(Ordering::SeqCst)))
     }
@@ -441,6 +439,19 @@ impl RocksStore {
             .set_options_cf(cf, &[("enable_blob_garbage_collection", "false")])
             .map_err(rocks_error)?;
         Ok(before.saturating_sub(self.blob_file_bytes()?))
+    }
+
+    /// Gives back the `reserved` capacity of a write that failed with `e`, and names the
+    /// space the write needed when the disk was full.
+    fn failed_write(&self, reserved: u64, e: StoreError) -> StoreError {
+        self.used_bytes.fetch_sub(reserved, Ordering::SeqCst);
+        match e {
+            StoreError::DiskFull { .. } => StoreError::DiskFull {
+                needed: reserved,
+                available: 0,
+            },
+            other => other,
+        }
     }
 
     /// Takes `size` bytes of capacity, or refuses with `DiskFull`.
@@ -708,16 +719,6 @@ fn blob_share(size: u64) -> u64 {
     if size >= MIN_BLOB_SIZE { size } else { 0 }
 }
 
-/// Whether the new chunks of one write carry enough blob-sized bytes to be written once.
-fn write_once(added: &[(&ChunkId, &[u8])]) -> bool {
-    let blob_bytes: u64 = added
-        .iter()
-        .filter(|(_, b)| is_blob(b))
-        .map(|(_, b)| b.len() as u64)
-        .sum();
-    blob_bytes >= WRITE_ONCE_MIN
-}
-
 fn rocks_error(e: rocksdb::Error) -> StoreError {
     let message = e.into_string();
     if disk::is_no_space(&message) {
@@ -856,6 +857,12 @@ mod tests {
         {
             let store = RocksStore::open(dir.path(), RocksOptions::default()).unwrap();
             store.put_many(&kept).unwrap();
+            // What a failed info write leaves when the info reached the disk after all: the
+            // chunk with its info, and a pending record. The sweep must keep its bytes.
+            store
+                .db
+                .put_cf_opt(store.pending_cf(), kept[0].0, [], &RocksStore::synced())
+                .unwrap();
             // What a crash between the flush and the info batch leaves: durable bytes and
             // their pending records, no info.
             let unfinished: Vec<(&ChunkId, &[u8])> =
@@ -971,6 +978,11 @@ mod tests {
         assert!(store.garbage_bytes().unwrap() < 1 << 20);
         for &i in &kept {
             assert_eq!(store.get(&chunks[i].0).unwrap(), chunks[i].1);
+        }
+        // Rewriting the live blobs brings no deleted chunk back.
+        for &i in &deleted {
+            assert!(!store.contains(&chunks[i].0).unwrap());
+            assert!(store.read_value(&chunks[i].0).unwrap().is_none());
         }
     }
 
